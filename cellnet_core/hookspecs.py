@@ -1,0 +1,61 @@
+"""Hook specifications. Every hook is prefixed ``cellnet_``.
+
+A plugin is a module (usually ``cellnet_<x>.plugin``) exposed under the entry-point group
+``cellnet.plugins`` that implements one or more of these hooks with :data:`hookimpl`::
+
+    from cellnet_core import hookimpl
+
+    @hookimpl
+    def cellnet_register_components(registry):
+        registry.add("encoder", "myenc", MyEncoderConfig, "my_pkg.encoder:build",
+                     summary="my encoder")
+
+Adding an argument to a spec later is backwards compatible (implementations may declare fewer);
+renaming or removing one is not.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:  # type-only imports keep this module cheap to import
+    from cellnet_core.registry import Registry
+
+PROJECT = "cellnet"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def cellnet_register_components(registry: "Registry") -> None:
+    """Add components to ``registry`` with ``registry.add(kind, name, config_cls, factory, ...)``.
+
+    The only way to add parts. Return nothing. Factories may be given as ``"module:attr"``
+    strings so that listing and validating import no model code.
+
+    Added in 0.1.
+    """
+
+
+@hookspec
+def cellnet_eval_baselines() -> list[Any]:
+    """Return baseline objects for ``cellnet eval`` (see :class:`cellnet_core.evaluation.Baseline`).
+
+    Each has ``name``, ``fit(train_q, train_a, pipeline)`` and ``predict(q) -> Tensor[B, D]``.
+    The core provides ``identity``, ``mean`` and ``ridge``. Added in 0.1.
+    """
+
+
+@hookspec
+def cellnet_on_epoch_end(run_dir: str, epoch: int, metrics: dict[str, float]) -> None:
+    """Observer: called by training strategies after each epoch with that epoch's metrics.
+
+    Added in 0.1.
+    """
+
+
+@hookspec
+def cellnet_on_train_end(run_dir: str, result: Any) -> None:
+    """Observer: called once after ``cellnet train`` finished and saved the run. Added in 0.1."""
