@@ -1,0 +1,293 @@
+"""Contract test classes, one per component kind. A plugin subclasses them for its parts::
+
+    from cellnet_core.testing.contracts import EncoderContract
+
+    class TestMyEncoder(EncoderContract):
+        name = "myenc"
+        config = {"dim": 32}          # fields besides 'name'
+
+Each class finds the component through *real* entry-point discovery (the ``registry``
+fixture) and checks what every component of that kind promises. Override ``make_context`` (or
+the class attributes below) when a part needs more around it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from cellnet_core.pipeline import BuildContext
+
+
+class ComponentContract:
+    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    config: ClassVar[dict[str, Any]] = {}
+    #: embedding size used by the fake teacher of the context
+    embedding_dim: ClassVar[int] = 48
+    #: (shape, channels) of the flat reshaper the context gives cores and kernels
+    lattice_shape: ClassVar[tuple[int, int, int]] = (4, 4, 3)
+    lattice_channels: ClassVar[int] = 4
+
+    # -- helpers -----------------------------------------------------------------------
+    def full_config(self) -> dict[str, Any]:
+        return {"name": self.name, **self.config}
+
+    def make_context(self, registry) -> BuildContext:
+        """A context with a fake teacher (the core's ``hashing`` encoder, named as such) and a
+        ``flat`` reshaper over ``lattice_shape`` × ``lattice_channels``."""
+        import torch
+
+        from cellnet_core.builtin.components import FlatReshaper, HashingEncoder
+        from cellnet_core.cache import CachedEncoder
+
+        fake_teacher = HashingEncoder(dim=self.embedding_dim)
+        x, y, z = self.lattice_shape
+        reshaper = FlatReshaper(x * y * z * self.lattice_channels, self.lattice_shape, self.lattice_channels)
+        return BuildContext(registry=registry, device=torch.device("cpu"), seed=0,
+                            encoder=CachedEncoder(fake_teacher, enabled=False),
+                            embedding_dim=self.embedding_dim, reshaper=reshaper)
+
+    def build(self, registry) -> Any:
+        import torch
+
+        torch.manual_seed(0)
+        cfg = registry.config_for(self.kind, self.full_config())
+        return registry.build(self.kind, cfg, self.make_context(registry))
+
+    # -- tests every kind shares -------------------------------------------------------------
+    def test_registered_through_discovery(self, registry):
+        assert self.name in registry.names(self.kind), (
+            f"{self.kind} '{self.name}' not found via entry points; registered: {registry.names(self.kind)}")
+        assert registry.get(self.kind, self.name).summary, "give the component a one-line summary"
+
+    def test_config_round_trip(self, registry):
+        cfg = registry.config_for(self.kind, self.full_config())
+        again = registry.config_for(self.kind, cfg.model_dump(mode="json"))
+        assert again == cfg
+
+    def test_config_rejects_unknown_field(self, registry):
+        from cellnet_core.errors import ConfigError
+
+        with pytest.raises(ConfigError, match="no_such_field: unknown field"):
+            registry.config_for(self.kind, {**self.full_config(), "no_such_field": 1})
+
+    def test_config_fields_documented(self, registry):
+        cls = registry.get(self.kind, self.name).config_cls
+        undocumented = [n for n, f in cls.model_fields.items() if n != "name" and not f.description]
+        assert not undocumented, f"fields without description: {undocumented}"
+
+
+class EncoderContract(ComponentContract):
+    kind = "encoder"
+    sample_texts: ClassVar[list[str]] = ["How old are you?", "What is your name?", "", "I like tea."]
+
+    def test_encode_shape_dtype(self, registry):
+        import torch
+
+        enc = self.build(registry)
+        out = enc.encode(self.sample_texts)
+        assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+        assert out.shape == (len(self.sample_texts), enc.dim)
+        assert torch.isfinite(out).all()
+
+    def test_empty_input(self, registry):
+        enc = self.build(registry)
+        assert tuple(enc.encode([]).shape) == (0, enc.dim)
+
+    def test_deterministic(self, registry):
+        import torch
+
+        a = self.build(registry).encode(self.sample_texts)
+        b = self.build(registry).encode(self.sample_texts)
+        torch.testing.assert_close(a, b)
+
+    def test_fingerprint(self, registry):
+        enc = self.build(registry)
+        assert isinstance(enc.fingerprint, str) and enc.fingerprint
+        assert enc.fingerprint == self.build(registry).fingerprint
+
+
+class ReshaperContract(ComponentContract):
+    kind = "reshaper"
+
+    def test_shapes(self, registry):
+        import torch
+
+        r = self.build(registry)
+        emb = torch.randn(3, self.embedding_dim)
+        field = r.to_field(emb)
+        assert field.shape == (3, *tuple(r.shape), r.channels)
+        out = r.from_state(field)
+        assert out.shape == (3, r.out_dim)
+
+    def test_gradients_reach_parameters(self, registry):
+        import torch
+
+        r = self.build(registry)
+        params = [p for p in getattr(r, "parameters", lambda: [])() if p.requires_grad]
+        if not params:
+            pytest.skip("no learned parameters")
+        emb = torch.randn(2, self.embedding_dim)
+        r.from_state(r.to_field(emb) * 1.5).pow(2).sum().backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+
+
+class CoreContract(ComponentContract):
+    kind = "core"
+
+    def test_forward_keeps_shape(self, registry):
+        import torch
+
+        core = self.build(registry)
+        x, y, z = self.lattice_shape
+        field = torch.randn(2, x, y, z, self.lattice_channels)
+        out = core(field)
+        assert out.shape == field.shape and out.dtype == torch.float32
+        assert torch.isfinite(out).all()
+
+    def test_same_seed_same_output(self, registry):
+        import torch
+
+        x, y, z = self.lattice_shape
+        field = torch.randn(2, x, y, z, self.lattice_channels)
+        a, b = self.build(registry), self.build(registry)
+        a.eval(), b.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(a(field), b(field))
+
+    def test_gradients_reach_parameters(self, registry):
+        import torch
+
+        core = self.build(registry)
+        params = [p for p in core.parameters() if p.requires_grad]
+        if not params:
+            pytest.skip("no learned parameters")
+        x, y, z = self.lattice_shape
+        field = torch.randn(2, x, y, z, self.lattice_channels, requires_grad=True)
+        core(field).pow(2).sum().backward()
+        assert field.grad is not None and torch.isfinite(field.grad).all()
+
+
+class KernelContract(ComponentContract):
+    """Subclasses provide ``make_step_inputs(registry) -> (state, field, cell, topology)``."""
+
+    kind = "kernel"
+
+    def make_step_inputs(self, registry):  # pragma: no cover - must be overridden
+        raise NotImplementedError
+
+    def test_step_shape(self, registry):
+        import torch
+
+        kernel = self.build(registry)
+        state, field, cell, topo = self.make_step_inputs(registry)
+        out = kernel.step(state, field, cell, topo)
+        assert out.shape == state.shape and torch.isfinite(out).all()
+
+
+class DecoderContract(ComponentContract):
+    kind = "decoder"
+    fit_texts: ClassVar[list[str]] = [
+        "hello there", "how are you today", "i am fine thank you", "what is your name",
+        "my name is cell", "the weather is nice", "i like green tea", "goodbye and see you soon",
+    ]
+
+    def fitted(self, registry):
+        dec = self.build(registry)
+        ctx = self.make_context(registry)
+        embs = ctx.encoder.encode(self.fit_texts)
+        if hasattr(dec, "fit"):
+            dec.fit(self.fit_texts, embs)
+        return dec, embs
+
+    def test_decode_returns_strings(self, registry):
+        dec, embs = self.fitted(registry)
+        out = dec.decode(embs[:3])
+        assert isinstance(out, list) and len(out) == 3 and all(isinstance(t, str) for t in out)
+
+    def test_candidates_sorted(self, registry):
+        dec, embs = self.fitted(registry)
+        if not hasattr(dec, "candidates"):
+            pytest.skip("decoder reports no candidates")
+        rows = dec.candidates(embs[:2], 3)
+        assert len(rows) == 2
+        for row in rows:
+            scores = [c.score for c in row]
+            assert scores == sorted(scores, reverse=True)
+
+    def test_save_load_round_trip(self, registry, tmp_path: Path):
+        dec, embs = self.fitted(registry)
+        if not hasattr(dec, "save"):
+            pytest.skip("decoder has no artefacts")
+        files = dec.save(tmp_path / "decoder")
+        assert all(Path(f).exists() for f in files)
+        again = self.build(registry)
+        again.load(tmp_path / "decoder")
+        assert again.decode(embs[:4]) == dec.decode(embs[:4])
+
+
+class StrategyContract(ComponentContract):
+    """Runs ``fit`` on a tiny pipeline. Override ``pipeline_config`` and ``dataset`` as needed."""
+
+    kind = "strategy"
+    pipeline_config: ClassVar[dict[str, Any]] = {
+        "data": {"name": "pairs"},
+        "encoder": {"name": "hashing", "dim": 48},
+        "reshaper": {"name": "flat", "shape": [4, 4, 3], "channels": 1},
+    }
+
+    def dataset(self, registry, tmp_path: Path):
+        from cellnet_core.testing.fakes import FakePairs
+
+        return FakePairs()
+
+    def make_pipeline(self, registry, tmp_path: Path):
+        from cellnet_core.config import run_config_model, validate_component
+        from cellnet_core.pipeline import Pipeline
+
+        data = dict(self.pipeline_config)
+        data["training"] = self.full_config()
+        sections = {}
+        for section, kind in (("encoder", "encoder"), ("reshaper", "reshaper"), ("core", "core"),
+                              ("decoder", "decoder"), ("training", "strategy")):
+            if section in data:
+                sections[section] = validate_component(registry, kind, data[section], where=section)
+        model = run_config_model(registry)
+        data_cfg = data.get("data")
+        if isinstance(data_cfg, dict) and data_cfg.get("name") in registry.names("dataset"):
+            sections["data"] = validate_component(registry, "dataset", data_cfg, where="data")
+        else:
+            pytest.skip("no dataset plugin registered for the strategy contract")
+        cfg = model.model_validate({**data, **sections}, context={"registry": registry})
+        return Pipeline.build(cfg, registry, cache_dir=tmp_path / "cache")
+
+    def test_fit_returns_result(self, registry, tmp_path):
+        from cellnet_core.interfaces import TrainResult
+        from cellnet_core.run import RunContext
+
+        pipe = self.make_pipeline(registry, tmp_path)
+        strategy = registry.build("strategy", pipe.config.training)
+        result = strategy.fit(pipe, self.dataset(registry, tmp_path), RunContext(tmp_path / "run"))
+        assert isinstance(result, TrainResult)
+
+
+class DatasetContract(ComponentContract):
+    kind = "dataset"
+
+    def test_splits_deterministic_and_disjoint(self, registry):
+        a, b = self.build(registry), self.build(registry)
+        splits = {}
+        for s in ("train", "val", "test"):
+            pa, pb = a.pairs(s), b.pairs(s)
+            assert [(p.question, p.answer) for p in pa] == [(p.question, p.answer) for p in pb]
+            splits[s] = {p.group for p in pa}
+        assert a.pairs("train"), "empty training split"
+        assert not (splits["train"] & splits["test"]), "a group is in both train and test"
+        assert not (splits["train"] & splits["val"]), "a group is in both train and val"
+
+    def test_texts_are_strings(self, registry):
+        texts = self.build(registry).texts("train")
+        assert texts and all(isinstance(t, str) and t.strip() for t in texts[:100])

@@ -1,0 +1,25 @@
+"""Named fakes for tests: tiny in-memory data so strategy tests need no plugin."""
+
+from __future__ import annotations
+
+from cellnet_core.interfaces import Pair
+
+_QA = [
+    ("hello", "hi there"), ("how are you", "i am fine thanks"), ("what is your name", "my name is cell"),
+    ("do you like tea", "yes i like green tea"), ("where do you live", "i live in a lattice"),
+    ("what time is it", "it is noon"), ("are you a robot", "i am a cellular network"),
+    ("goodbye", "see you soon"), ("what is the weather", "it is sunny today"),
+    ("can you help me", "of course i can help"), ("tell me a joke", "why did the cell divide"),
+    ("what do you eat", "i eat embeddings"),
+]
+
+
+class FakePairs:
+    """A fake dataset of 12 hand-written pairs: 8 train, 2 val, 2 test (fixed)."""
+
+    def pairs(self, split: str) -> list[Pair]:
+        sl = {"train": slice(0, 8), "val": slice(8, 10), "test": slice(10, 12)}[split]
+        return [Pair(q, a, group=str(i)) for i, (q, a) in enumerate(_QA)][sl]
+
+    def texts(self, split: str) -> list[str]:
+        return [t for p in self.pairs(split) for t in (p.question, p.answer)]
