@@ -1,0 +1,201 @@
+"""``cellnet eval``: how well a run maps questions to answers, beside baselines computed in the
+same command on the same split.
+
+Ranking protocol: for each held-out question, its predicted embedding is compared by cosine with
+the embeddings of every candidate answer (the split's unique answers, or all answers); the rank of
+the true answer gives recall@1, recall@10 and MRR; ``cosine`` is the mean cosine between the
+prediction and the true answer's embedding. Baselines come from the ``cellnet_eval_baselines`` hook.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from cellnet_core import metrics as M
+
+
+class Baseline:
+    """A question-embedding → answer-embedding map fitted on the training split."""
+
+    name = "baseline"
+    description = ""
+
+    def fit(self, train_q, train_a, pipeline: Any) -> None:  # pragma: no cover - interface
+        pass
+
+    def predict(self, q):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class IdentityBaseline(Baseline):
+    name, description = "identity", "the question's own embedding"
+
+    def predict(self, q):
+        return q
+
+
+class MeanBaseline(Baseline):
+    name, description = "mean", "the mean training answer embedding, for every question"
+
+    def fit(self, train_q, train_a, pipeline=None):
+        self.mu = train_a.float().mean(0, keepdim=True)
+
+    def predict(self, q):
+        return self.mu.expand(q.shape[0], -1)
+
+
+class RidgeBaseline(Baseline):
+    """Closed-form ridge regression ``a ≈ [q, 1] W``; the penalty is picked on a held-out tenth of
+    the training pairs."""
+
+    name, description = "ridge", "ridge regression q → a (penalty chosen on a training hold-out)"
+
+    def fit(self, train_q, train_a, pipeline=None):
+        import torch
+
+        q, a = train_q.double(), train_a.double()
+        n = q.shape[0]
+        g = torch.Generator().manual_seed(0)
+        perm = torch.randperm(n, generator=g)
+        hold = perm[: max(1, n // 10)]
+        keep = perm[max(1, n // 10):] if n > 10 else perm
+        best = (None, -1.0)
+        for lam in (0.01, 0.1, 1.0, 10.0, 100.0):
+            w = self._solve(q[keep], a[keep], lam)
+            score = M.cosine(self._apply(q[hold], w), a[hold]).mean().item()
+            if score > best[1]:
+                best = (lam, score)
+        self.lam = best[0]
+        self.w = self._solve(q, a, self.lam)
+
+    @staticmethod
+    def _solve(q, a, lam):
+        import torch
+
+        x = torch.cat([q, torch.ones(q.shape[0], 1, dtype=q.dtype)], 1)
+        reg = lam * torch.eye(x.shape[1], dtype=q.dtype)
+        reg[-1, -1] = 0
+        return torch.linalg.solve(x.T @ x + reg, x.T @ a)
+
+    @staticmethod
+    def _apply(q, w):
+        import torch
+
+        return torch.cat([q, torch.ones(q.shape[0], 1, dtype=q.dtype)], 1) @ w
+
+    def predict(self, q):
+        return self._apply(q.double(), self.w).float()
+
+
+@dataclass
+class EvalRow:
+    name: str
+    recall_at_1: float
+    recall_at_10: float
+    mrr: float
+    cosine: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "recall@1": self.recall_at_1, "recall@10": self.recall_at_10,
+                "mrr": self.mrr, "cosine": self.cosine, **self.extra}
+
+
+def rank_metrics(name: str, pred, cand, targets: Sequence[int], true_a) -> EvalRow:
+    import torch
+
+    pred = torch.nn.functional.normalize(pred.float(), dim=-1)
+    cand = torch.nn.functional.normalize(cand.float(), dim=-1)
+    ranks = M.ranks_of_targets(pred @ cand.T, targets)
+    return EvalRow(name, M.recall_at_k(ranks, 1), M.recall_at_k(ranks, 10), M.mrr(ranks),
+                   float(M.cosine(pred, true_a).mean()))
+
+
+def predict_run(pipeline, q, batch: int = 256):
+    import torch
+
+    pipeline.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, q.shape[0], batch):
+            outs.append(pipeline.think(q[i:i + batch]).detach().cpu())
+    return torch.cat(outs) if outs else q[:0]
+
+
+def evaluate_pairs(pipeline, train_pairs, test_pairs, baselines: Sequence[Baseline] = (),
+                   candidate_pool: Sequence[str] | None = None, max_questions: int = 2000) -> dict[str, Any]:
+    """Metrics of the run and each baseline on ``test_pairs``."""
+    test_pairs = list(test_pairs)[:max_questions]
+    if not test_pairs:
+        from cellnet_core.errors import DataError
+
+        raise DataError("evaluation: the held-out split has no pairs")
+    answers = list(dict.fromkeys(candidate_pool if candidate_pool is not None else [p.answer for p in test_pairs]))
+    index = {a: i for i, a in enumerate(answers)}
+    for p in test_pairs:
+        if p.answer not in index:
+            index[p.answer] = len(answers)
+            answers.append(p.answer)
+    q = pipeline.encode([p.question for p in test_pairs])
+    cand = pipeline.encode(answers)
+    targets = [index[p.answer] for p in test_pairs]
+    true_a = cand[targets]
+    t0 = time.perf_counter()
+    rows = [rank_metrics("run", predict_run(pipeline, q), cand, targets, true_a)]
+    rows[0].extra["seconds"] = time.perf_counter() - t0
+    if baselines:
+        train_pairs = list(train_pairs)
+        tq = pipeline.encode([p.question for p in train_pairs])
+        ta = pipeline.encode([p.answer for p in train_pairs])
+        for b in baselines:
+            t0 = time.perf_counter()
+            b.fit(tq, ta, pipeline)
+            row = rank_metrics(b.name, b.predict(q).detach().cpu(), cand, targets, true_a)
+            row.extra["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+    return {"questions": len(test_pairs), "candidates": len(answers),
+            "rows": [r.as_dict() for r in rows]}
+
+
+def evaluate_selection(pipeline, items, baselines: Sequence[Baseline] = (), train_pairs=()) -> dict[str, Any]:
+    """MAP and MRR over answer-selection items (a question, candidates, 0/1 labels)."""
+    import torch
+
+    items = list(items)
+    if not items:
+        from cellnet_core.errors import DataError
+
+        raise DataError("evaluation: no answer-selection items")
+    q = pipeline.encode([it.question for it in items])
+    predictors = {"run": predict_run(pipeline, q)}
+    if baselines and train_pairs:
+        tq = pipeline.encode([p.question for p in train_pairs])
+        ta = pipeline.encode([p.answer for p in train_pairs])
+        for b in baselines:
+            b.fit(tq, ta, pipeline)
+            predictors[b.name] = b.predict(q).detach().cpu()
+    elif baselines:
+        predictors["identity"] = q
+    rows = []
+    for name, pred in predictors.items():
+        scored = []
+        for i, it in enumerate(items):
+            c = pipeline.encode(it.candidates)
+            s = torch.nn.functional.cosine_similarity(pred[i:i + 1].float(), c.float(), dim=-1).tolist()
+            scored.append((s, it.labels))
+        rows.append({"name": name, "map": M.mean_average_precision(scored), "mrr": M.selection_mrr(scored)})
+    return {"questions": len(items), "rows": rows}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    rows = result["rows"]
+    if not rows:
+        return "(no rows)"
+    cols = [c for c in rows[0] if c != "name" and c != "seconds"]
+    head = f"{'':12s}" + "".join(f"{c:>11s}" for c in cols)
+    lines = [head]
+    for r in rows:
+        lines.append(f"{r['name']:12s}" + "".join(f"{r[c]:11.4f}" for c in cols))
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""Metrics: embedding similarity, ranking (recall@k, MRR, MAP) and text overlap (BLEU, token F1, EM)."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from typing import Sequence
+
+
+def cosine(a, b):
+    """Row-wise cosine of two ``[B, D]`` tensors → ``[B]``."""
+    import torch
+
+    return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)
+
+
+def ranks_of_targets(scores, targets) -> list[int]:
+    """1-based rank of ``targets[i]`` in row ``i`` of ``scores [B, N]`` (higher is better).
+    Ties count against the target (pessimistic), so a constant predictor gets no credit."""
+    import torch
+
+    scores = scores.float()
+    tgt = torch.as_tensor(targets, dtype=torch.long)
+    target_scores = scores.gather(1, tgt[:, None])
+    return ((scores >= target_scores).sum(dim=1)).tolist()
+
+
+def recall_at_k(ranks: Sequence[int], k: int) -> float:
+    return sum(r <= k for r in ranks) / len(ranks) if ranks else 0.0
+
+
+def mrr(ranks: Sequence[int]) -> float:
+    return sum(1.0 / r for r in ranks) / len(ranks) if ranks else 0.0
+
+
+def average_precision(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """AP of one ranked candidate list; ties broken against the positives. 0 if no positive."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], labels[i]))
+    hits, total = 0, 0.0
+    for pos, i in enumerate(order, start=1):
+        if labels[i]:
+            hits += 1
+            total += hits / pos
+    return total / hits if hits else 0.0
+
+
+def reciprocal_rank(scores: Sequence[float], labels: Sequence[int]) -> float:
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], labels[i]))
+    for pos, i in enumerate(order, start=1):
+        if labels[i]:
+            return 1.0 / pos
+    return 0.0
+
+
+def mean_average_precision(items: Sequence[tuple[Sequence[float], Sequence[int]]]) -> float:
+    """MAP over questions that have at least one positive candidate."""
+    aps = [average_precision(s, l) for s, l in items if any(l)]
+    return sum(aps) / len(aps) if aps else 0.0
+
+
+def selection_mrr(items: Sequence[tuple[Sequence[float], Sequence[int]]]) -> float:
+    rrs = [reciprocal_rank(s, l) for s, l in items if any(l)]
+    return sum(rrs) / len(rrs) if rrs else 0.0
+
+
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def normalize_text(text: str) -> str:
+    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    p, r = normalize_text(prediction).split(), normalize_text(reference).split()
+    if not p and not r:
+        return 1.0
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalize_text(prediction) == normalize_text(reference))
+
+
+def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU (sacrebleu, 0–100) with one reference per prediction."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
