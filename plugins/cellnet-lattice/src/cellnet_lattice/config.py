@@ -1,0 +1,176 @@
+"""Configs of the lattice plugin's parts. No torch import here: listing and validating stay cheap."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cellnet_core.config import ComponentConfig, registered_name
+
+Shape = tuple[int, int, int]
+Face = Literal["x=0", "x=-1", "y=0", "y=-1", "z=0", "z=-1"]
+
+
+class _Sub(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- cells ---------------------------------------------------------------------------------------
+class MLPCellConfig(_Sub):
+    """``concat(neighbours K·C, own C, input C) → hidden → C``."""
+
+    name: Literal["mlp"] = "mlp"
+    hidden: int = Field(64, ge=1, le=8192, description="hidden units H")
+    delta_bound: float = Field(1.0, ge=0.0, le=100.0,
+                               description="soft bound b of each step's update, delta = b·tanh(raw/b); 0: off")
+
+
+class GatedMLPCellConfig(_Sub):
+    """Gated MLP: neighbour tokens gated by a learned K×K spatial mixing (gMLP's spatial gating unit)."""
+
+    name: Literal["gmlp"] = "gmlp"
+    hidden: int = Field(32, ge=1, le=8192, description="hidden units H (per neighbour token)")
+    delta_bound: float = Field(1.0, ge=0.0, le=100.0,
+                               description="soft bound b of each step's update, delta = b·tanh(raw/b); 0: off")
+
+
+class NCACellConfig(_Sub):
+    """Growing-NCA style: learned depthwise perception filters over the neighbourhood, then an MLP."""
+
+    name: Literal["nca"] = "nca"
+    hidden: int = Field(64, ge=1, le=8192, description="hidden units H")
+    filters: int = Field(3, ge=1, le=64,
+                         description="perception filters F (0: identity, 1: neighbour mean, rest random; all learned)")
+    delta_bound: float = Field(1.0, ge=0.0, le=100.0,
+                               description="soft bound b of each step's update, delta = b·tanh(raw/b); 0: off")
+
+
+CellConfig = Annotated[Union[MLPCellConfig, GatedMLPCellConfig, NCACellConfig], Field(discriminator="name")]
+
+
+class PlasticityConfig(_Sub):
+    """Unsupervised plasticity of the connection weights, applied under ``no_grad`` after each
+    training forward. Needs ``edge_weights`` other than ``none``."""
+
+    rule: Literal["none", "hebbian", "bcm"] = Field(
+        "none", description="none; hebbian (STDP-style: neighbour at t-1 × cell at t, minus the reverse); "
+                            "bcm (x·y·(y−θ) with a sliding threshold θ = running mean of y²)")
+    rate: float = Field(1e-3, ge=0.0, le=1.0, description="learning rate of the rule")
+    decay: float = Field(0.0, ge=0.0, le=1.0, description="weight decay towards 1 per update")
+    tau: float = Field(0.1, gt=0.0, le=1.0, description="BCM: update rate of the sliding threshold θ")
+    normalise: bool = Field(False, description="competitive normalisation: each cell's incoming weights "
+                                               "rescaled to mean 1 after the update")
+    min_weight: float = Field(0.0, ge=-10.0, le=10.0, description="weights are clamped to at least this")
+    max_weight: float = Field(2.0, ge=-10.0, le=10.0, description="weights are clamped to at most this")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "PlasticityConfig":
+        if self.min_weight > self.max_weight:
+            raise ValueError(f"min_weight {self.min_weight} is above max_weight {self.max_weight}")
+        return self
+
+
+# -- the core ------------------------------------------------------------------------------------
+class LatticeCoreConfig(ComponentConfig):
+    """The 3D cellular lattice: ``steps`` synchronous residual updates of a learned cell."""
+
+    name: Literal["lattice"] = "lattice"
+    cell: CellConfig = Field(default_factory=MLPCellConfig,
+                             description="the cell update rule: {name: mlp|gmlp|nca, hidden, ...}")
+    steps: int = Field(8, ge=0, le=10000, description="lattice steps T (the most; see tol)")
+    neighbourhood: Literal["von-neumann", "18", "moore"] = Field(
+        "von-neumann", description="neighbours per cell: von-neumann (6 faces), 18 (faces+edges), moore (26)")
+    boundary: Literal["periodic", "walls", "reflecting", "absorbing"] = Field(
+        "periodic", description="past a face: periodic wraps, walls are zero, reflecting mirrors, "
+                                "absorbing copies the edge cell")
+    injection: Literal["first", "every"] = Field(
+        "first", description="the field is the initial state and the cell's input at step 0 only (first) "
+                             "or at every step (every)")
+    edge_weights: Literal["none", "shared", "per-cell"] = Field(
+        "none", description="learned connection weights: none, shared [K], per-cell [X·Y·Z, K] (init 1)")
+    fire_rate: float = Field(1.0, gt=0.0, le=1.0,
+                             description="probability that a cell updates at a training step (1.0: all, off)")
+    tol: float = Field(0.0, ge=0.0, description="eval only: stop when max |state change| < tol for "
+                                                "`patience` steps in a row (0: always run all steps)")
+    patience: int = Field(1, ge=1, le=10000, description="steps below tol before stopping")
+    kernel: registered_name("kernel", extra=("auto",)) = Field(  # type: ignore[valid-type]
+        "auto", description="the step kernel by registered name, or auto (CUDA: cuda > fused > reference; "
+                            "CPU: fused > reference)")
+    checkpoint_steps: bool = Field(False, description="gradient checkpointing over steps (less memory, "
+                                                      "one extra forward)")
+    state_clip: float = Field(0.0, ge=0.0, description="clamp the state to [-state_clip, state_clip] after "
+                                                       "every step (0: off)")
+    plasticity: PlasticityConfig = Field(default_factory=PlasticityConfig,
+                                         description="unsupervised plasticity of the edge weights (off by default)")
+
+    @field_validator("cell", mode="before")
+    @classmethod
+    def _cell_by_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _plasticity_needs_weights(self) -> "LatticeCoreConfig":
+        if self.plasticity.rule != "none" and self.edge_weights == "none":
+            raise ValueError(f"plasticity rule '{self.plasticity.rule}' changes the connection weights; "
+                             "set edge_weights to shared or per-cell")
+        return self
+
+
+class ReferenceKernelConfig(ComponentConfig):
+    """The reference step: index_select gather, then the cell. Clear and slow; the parity baseline."""
+
+    name: Literal["reference"] = "reference"
+
+
+# -- reshapers -----------------------------------------------------------------------------------
+class SurfaceReshaperConfig(ComponentConfig):
+    """Embedding onto points of one face through a learned Linear; read back from the opposite face."""
+
+    name: Literal["surface"] = "surface"
+    shape: Shape = Field((8, 8, 8), description="lattice (X, Y, Z)")
+    channels: int = Field(8, ge=1, le=4096, description="state channels C per cell")
+    placement: Literal["full", "proportional", "corners", "random"] = Field(
+        "full", description="which cells of the face are I/O points: full (all), proportional (an even grid "
+                            "covering `fraction` of the face), corners (four corner blocks), random (seeded)")
+    fraction: float = Field(0.25, gt=0.0, le=1.0, description="share of the face used by proportional, "
+                                                              "corners and random")
+    in_face: Face = Field("z=0", description="input face (axis=0: first layer, axis=-1: last layer)")
+    out_face: Optional[Face] = Field(None, description="output face; default: the face opposite in_face")
+    out_dim: Optional[int] = Field(None, ge=1, le=65536, description="size D' of from_state; default D")
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, v: Shape) -> Shape:
+        if any(s < 1 or s > 1024 for s in v):
+            raise ValueError(f"every size must be in 1..1024, got {list(v)}")
+        return v
+
+
+class VolumeReshaperConfig(ComponentConfig):
+    """Learned Linear from the embedding onto every cell×channel, and from the whole state back."""
+
+    name: Literal["volume"] = "volume"
+    shape: Shape = Field((8, 8, 8), description="lattice (X, Y, Z)")
+    channels: int = Field(4, ge=1, le=4096, description="state channels C per cell")
+    out_dim: Optional[int] = Field(None, ge=1, le=65536, description="size D' of from_state; default D")
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, v: Shape) -> Shape:
+        if any(s < 1 or s > 1024 for s in v):
+            raise ValueError(f"every size must be in 1..1024, got {list(v)}")
+        return v
+
+
+class PermutedReshaperConfig(ComponentConfig):
+    """Importance-ordered placement: a fixed permutation of D onto X·Y·Z·C (must equal D); exact inverse."""
+
+    name: Literal["permuted"] = "permuted"
+    shape: Optional[Shape] = Field(None, description="lattice (X, Y, Z); default (D // C, 1, 1)")
+    channels: int = Field(1, ge=1, le=4096, description="state channels C per cell")
+    placement: Literal["centre", "surface", "random", "index"] = Field(
+        "centre", description="where the most important dims go: centre (nearest the lattice centre first), "
+                              "surface (farthest first), random (seeded), index (plain reshape order)")
+    importance: Literal["index", "variance"] = Field(
+        "index", description="dim importance: index (dim 0 most important) or variance (set by fit(embs) on data)")

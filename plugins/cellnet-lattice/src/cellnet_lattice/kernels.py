@@ -1,0 +1,26 @@
+"""The ``reference`` kernel: one synchronous lattice step, written for clarity.
+
+``step(state, field, cell, topology) = state + cell(topology.gather(state), state, field)``
+
+Fast kernels (plugin ``cellnet-kernels``) must give the same result (parity-tested against this).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class ReferenceKernel:
+    """``state [B,X,Y,Z,C]``, ``field [B,X,Y,Z,C] | None`` → ``state + delta``."""
+
+    name = "reference"
+
+    def step(self, state: torch.Tensor, field: torch.Tensor | None, cell, topology) -> torch.Tensor:
+        return state + cell(topology.gather(state), state, field)
+
+    def __repr__(self) -> str:
+        return "ReferenceKernel()"
+
+
+def build_reference(cfg, ctx) -> ReferenceKernel:
+    return ReferenceKernel()
