@@ -225,6 +225,8 @@ def validate_run_config(registry: "Registry", data: dict[str, Any], source: str 
                 raise ConfigError(f"{source}: {section}: required section missing "
                                   f"(available {kind}s: {', '.join(registry.names(kind))})")
             continue
+        if isinstance(data[section], dict) and "name" not in data[section] and section in DEFAULTS:
+            data[section] = {**DEFAULTS[section], **data[section]}  # e.g. --set reshaper.channels=2
         validated[section] = validate_component(registry, kind, data[section], where=section, source=source)
     model = run_config_model(registry)
     merged = {**data, **validated}
