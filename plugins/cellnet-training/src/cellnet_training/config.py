@@ -1,0 +1,140 @@
+"""Configs of the training strategies (no torch import here: listing and validating stay cheap)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cellnet_core.config import ComponentConfig
+
+LossName = Literal["cosine", "mse", "infonce", "triplet"]
+ValMetric = Literal["mrr", "recall@1", "recall@10", "cosine", "loss"]
+
+
+class LossTerm(BaseModel):
+    """One weighted term of a combined loss: ``{name: infonce, weight: 1.0}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: LossName = Field(..., description="cosine | mse | infonce | triplet")
+    weight: float = Field(1.0, ge=0.0, le=1000.0, description="weight of this term in the sum")
+
+
+class OptimisationConfig(ComponentConfig):
+    """Options every gradient-trained strategy shares (optimiser, schedule, loss, validation)."""
+
+    epochs: int = Field(30, ge=0, le=100000, description="training epochs (passes over the training pairs)")
+    batch_size: int = Field(64, ge=1, le=65536, description="pairs per optimisation step (global, over all processes)")
+    lr: float = Field(1.0e-3, gt=0.0, le=10.0, description="peak learning rate")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw or sgd (with momentum)")
+    weight_decay: float = Field(0.01, ge=0.0, le=10.0, description="decoupled weight decay (adamw) / L2 (sgd)")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd momentum (ignored by adamw)")
+    schedule: Literal["constant", "cosine", "plateau"] = Field(
+        "cosine", description="learning-rate schedule after warm-up: constant, cosine decay to min_lr_ratio·lr "
+                              "over the run, or plateau (multiply by plateau_factor after plateau_patience "
+                              "epochs without validation improvement)")
+    warmup_epochs: float = Field(1.0, ge=0.0, le=1000.0,
+                                 description="linear warm-up from 0 to lr over this many epochs (fractions allowed)")
+    min_lr_ratio: float = Field(0.05, ge=0.0, le=1.0, description="cosine schedule ends at this fraction of lr")
+    plateau_factor: float = Field(0.5, gt=0.0, lt=1.0, description="plateau schedule: lr multiplier on a plateau")
+    plateau_patience: int = Field(2, ge=0, le=1000, description="plateau schedule: epochs without improvement")
+    grad_clip: float = Field(1.0, ge=0.0, le=1.0e6, description="clip the gradient norm to this (0: off)")
+    mixed_precision: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="autocast: auto = bf16 on CUDA devices that support it, off on CPU")
+    loss: Union[LossName, list[LossTerm]] = Field(
+        "infonce", description="a loss name or a weighted list [{name: infonce, weight: 1}, {name: cosine, weight: 0.5}]")
+    temperature: float = Field(0.05, gt=0.0, le=10.0, description="infonce softmax temperature")
+    margin: float = Field(0.2, ge=0.0, le=2.0, description="triplet margin on cosine")
+    hard_negatives: int = Field(0, ge=0, le=256,
+                                description="answers mined from the answer bank per question (highest cosine to "
+                                            "the current prediction, the true answer excluded), refreshed every "
+                                            "mine_every epochs; used by infonce and triplet")
+    mine_every: int = Field(1, ge=1, le=1000, description="re-mine hard negatives every this many epochs")
+    selection_negatives: bool = Field(
+        True, description="for datasets with answer selection, add the labelled wrong candidates as negatives")
+    val_metric: ValMetric = Field("mrr", description="validation metric for early stopping and best checkpoint "
+                                                     "(ranking among the validation split's answers)")
+    early_stopping: int = Field(5, ge=0, le=100000,
+                                description="stop after this many epochs without validation improvement (0: off)")
+    restore_best: bool = Field(True, description="end with the weights of the best validation epoch")
+    max_val_questions: int = Field(2000, ge=1, le=10**7, description="validate on at most this many questions")
+    fit_decoder: bool = Field(True, description="after training, fit the decoder on the training answers")
+    plots: bool = Field(True, description="write training-curve PNGs into the run directory")
+
+    @field_validator("loss")
+    @classmethod
+    def _non_empty(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("give at least one loss term")
+        return v
+
+
+class AutoencoderConfig(OptimisationConfig):
+    """Train reshaper + core so that an embedding comes back as itself through the lattice."""
+
+    name: Literal["autoencoder"] = "autoencoder"
+    loss: Union[LossName, list[LossTerm]] = Field(
+        "cosine", description="a loss name or a weighted list of {name, weight}")
+    source: Literal["texts", "pairs"] = Field(
+        "texts", description="texts: the dataset's texts(split); pairs: questions and answers of pairs(split)")
+
+
+class DialogueConfig(OptimisationConfig):
+    """Train reshaper + core to map a question's embedding onto its answer's."""
+
+    name: Literal["dialogue"] = "dialogue"
+
+
+class CurriculumConfig(OptimisationConfig):
+    """Dialogue ordered easy → hard by the baseline cosine of each pair (question vs answer
+    embedding), with a competence schedule: the easiest fraction c(epoch) of pairs is used."""
+
+    name: Literal["curriculum"] = "curriculum"
+    competence: Literal["sqrt", "linear"] = Field(
+        "sqrt", description="c(t) = sqrt(t·(1−c0²)/T + c0²) (Platanios et al. 2019) or linear c0 + t·(1−c0)/T")
+    start_fraction: float = Field(0.3, gt=0.0, le=1.0, description="c0: fraction of (easiest) pairs in epoch 1")
+    full_at: float = Field(0.5, gt=0.0, le=1.0,
+                           description="T as a fraction of epochs: competence reaches 1 at epoch full_at·epochs")
+
+
+class TeacherConfig(BaseModel):
+    """One teacher of the distillation ensemble."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    encoder: dict[str, Any] = Field(..., description="an encoder config, e.g. {name: minilm}")
+    weight: float = Field(1.0, gt=0.0, le=1000.0, description="weight of this teacher in the ensemble")
+
+
+class DistillConfig(OptimisationConfig):
+    """Multi-teacher distillation: the student (reshaper + core) maps a question's embedding onto
+    the ensemble of teachers' embeddings of the answer, each projected to the student's size D."""
+
+    name: Literal["distill"] = "distill"
+    loss: Union[LossName, list[LossTerm]] = Field(
+        "cosine", description="a loss name or a weighted list of {name, weight}")
+    teachers: list[TeacherConfig] = Field(
+        default_factory=lambda: [TeacherConfig(encoder={"name": "hashing", "dim": 384})],
+        description="teacher encoders (sub-configs built through the registry) with weights")
+    projection: Literal["auto", "random", "none"] = Field(
+        "auto", description="how a teacher of size ≠ D is mapped to D: a fixed seeded random (JL) projection; "
+                            "auto: identity when sizes match, random otherwise")
+
+    @field_validator("teachers")
+    @classmethod
+    def _teachers(cls, v: list[TeacherConfig]) -> list[TeacherConfig]:
+        if not v:
+            raise ValueError("give at least one teacher")
+        for t in v:
+            if "name" not in t.encoder:
+                raise ValueError("each teacher's encoder needs a 'name'")
+        return v
+
+
+class DecoderTrainingConfig(ComponentConfig):
+    """Fit the pipeline's decoder on texts and their teacher embeddings (decoders with ``fit``)."""
+
+    name: Literal["decoder"] = "decoder"
+    source: Literal["answers", "texts", "both"] = Field(
+        "answers", description="answers: the answers of pairs(split); texts: texts(split); both")
+    include_val: bool = Field(False, description="also fit on the validation split")
+    max_texts: int = Field(0, ge=0, le=10**8, description="use at most this many texts, a seeded sample (0: all)")

@@ -1,0 +1,437 @@
+"""The training loop every gradient-trained strategy shares.
+
+Inputs are embeddings, not texts: ``TrainSet.q [N, D_in]`` maps onto rows of an answer bank
+``TrainSet.bank [M, D_out]`` (``pos [N]``); the bank holds each answer once so that two questions
+with the same answer never treat it as a negative. What the loop guarantees:
+
+- data order depends only on ``(seed, epoch)``; RNG states, optimiser, schedule, early-stopping
+  counters and best weights are checkpointed every epoch, so a resumed run ends exactly where an
+  uninterrupted one does;
+- under ``torch.distributed`` each of W processes runs a contiguous W-th of every global batch,
+  the predictions are gathered so every process computes the same full-batch loss, and the
+  gradients are summed: W processes take the same steps as one;
+- a non-finite loss stops training with :class:`TrainingDivergedError`, leaving the last good
+  checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from cellnet_core.checkpoint import load_tensors, save_tensors
+from cellnet_core.errors import CellnetError, CheckpointError
+from cellnet_core.interfaces import TrainResult
+from cellnet_core.run import progress
+from cellnet_training import distributed as D
+from cellnet_training.losses import CombinedLoss, LossBatch
+
+BEST_WEIGHTS = "best.safetensors"
+
+
+class TrainingDivergedError(CellnetError):
+    """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(Exception):
+    """Raised after the checkpoint of epoch ``run.extras['stop_after_epoch']`` (simulates a kill)."""
+
+
+@dataclass
+class TrainSet:
+    q: torch.Tensor  #: [N, D_in] inputs
+    pos: torch.Tensor  #: [N] long, row of the true answer in ``bank``
+    bank: torch.Tensor  #: [M, D_out] answer embeddings, each answer once
+    negatives: torch.Tensor | None = None  #: [N, k] long, fixed wrong answers per row (−1: none)
+
+
+@dataclass
+class ValSet:
+    q: torch.Tensor
+    pos: torch.Tensor
+    bank: torch.Tensor
+
+
+class PipelineModel:
+    """Adapts a :class:`cellnet_core.pipeline.Pipeline` to the loop: ``think`` is the model."""
+
+    def __init__(self, pipeline: Any):
+        self.pipeline = pipeline
+        self.device = pipeline.device
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pipeline.think(x)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.pipeline.parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True) -> None:
+        self.pipeline.train(mode)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.pipeline.state_tensors()
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.pipeline.load_state_tensors(tensors)
+
+
+class ModuleModel:
+    """Adapts a plain ``nn.Module`` (the ``mlp`` baseline) to the loop."""
+
+    def __init__(self, module: torch.nn.Module, device: Any = "cpu"):
+        self.module = module.to(device)
+        self.device = torch.device(device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.to(self.device))
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True) -> None:
+        self.module.train(mode)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict(tensors)
+
+
+# -- seeds and RNG state -------------------------------------------------------------------------
+def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
+    """A generator whose stream depends only on (seed, epoch, salt)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7_919 + salt) % (2**63 - 1))
+
+
+def rng_state() -> dict[str, Any]:
+    version, mt, gauss = random.getstate()
+    np_state = np.random.get_state()
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "state": list(mt), "gauss": gauss},
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = list(torch.cuda.get_rng_state_all())
+    return out
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# -- metrics ----------------------------------------------------------------------------------------
+def ranking_metrics(pred: torch.Tensor, bank: torch.Tensor, pos: torch.Tensor) -> dict[str, float]:
+    """recall@1, recall@10, MRR (ties count against the target) and mean cosine to the true answer."""
+    p = F.normalize(pred.float(), dim=-1)
+    b = F.normalize(bank.float(), dim=-1)
+    sims = p @ b.T
+    target = sims.gather(1, pos[:, None])
+    ranks = (sims >= target).sum(1).float()
+    return {"mrr": float((1.0 / ranks).mean()), "recall@1": float((ranks <= 1).float().mean()),
+            "recall@10": float((ranks <= 10).float().mean()), "cosine": float(target.mean())}
+
+
+def predict(model: Any, q: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    model.train(False)
+    outs = []
+    with torch.no_grad():
+        for i in range(0, q.shape[0], batch):
+            outs.append(model(q[i:i + batch].to(model.device)).float().cpu())
+    return torch.cat(outs) if outs else q[:0]
+
+
+# -- learning-rate schedule --------------------------------------------------------------------------
+class Schedule:
+    """Warm-up, then constant / cosine / plateau; a pure function of progress plus plateau state."""
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+        self.scale = 1.0  # plateau multiplier
+        self.best = -math.inf
+        self.bad = 0
+
+    def lr(self, epoch_progress: float) -> float:
+        c = self.cfg
+        lr = c.lr * self.scale
+        if c.warmup_epochs > 0:
+            lr *= min(1.0, epoch_progress / c.warmup_epochs)
+        if c.schedule == "cosine" and c.epochs > 0:
+            t = min(1.0, epoch_progress / c.epochs)
+            lr *= c.min_lr_ratio + (1.0 - c.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+        return lr
+
+    def observe(self, score: float) -> None:
+        if self.cfg.schedule != "plateau":
+            return
+        if score > self.best + 1e-9:
+            self.best, self.bad = score, 0
+        else:
+            self.bad += 1
+            if self.bad > self.cfg.plateau_patience:
+                self.scale *= self.cfg.plateau_factor
+                self.bad = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "best": self.best if math.isfinite(self.best) else None, "bad": self.bad}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.scale, self.bad = float(s["scale"]), int(s["bad"])
+        self.best = -math.inf if s["best"] is None else float(s["best"])
+
+
+def _autocast(cfg: Any, device: torch.device):
+    mode = cfg.mixed_precision
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext(), None
+    if mode == "auto":
+        mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    return torch.autocast(device_type=device.type, dtype=dtype), scaler
+
+
+def _score(metrics: dict[str, float], name: str) -> float:
+    """Higher is better."""
+    return -metrics["loss"] if name == "loss" else metrics[name]
+
+
+# -- the loop -----------------------------------------------------------------------------------------
+@dataclass
+class Engine:
+    cfg: Any
+    #: optional ``fn(epoch) -> LongTensor`` of the row indices trained in that epoch (curriculum)
+    epoch_rows: Callable[[int], torch.Tensor] | None = None
+    label: str = "train"
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def _loss_fn(self) -> CombinedLoss:
+        return CombinedLoss(self.cfg.loss, self.cfg.temperature, self.cfg.margin)
+
+    def validate(self, model: Any, val: ValSet | None, loss_fn: CombinedLoss) -> dict[str, float]:
+        if val is None or val.q.shape[0] == 0:
+            return {}
+        pred = predict(model, val.q)
+        out = ranking_metrics(pred, val.bank, val.pos)
+        with torch.no_grad():
+            out["loss"] = float(loss_fn(LossBatch(pred, val.bank.float(), val.pos)))
+        return out
+
+    def _mine(self, model: Any, train: TrainSet, k: int) -> torch.Tensor:
+        """[N, k] bank rows most similar to the current prediction, the true answer excluded."""
+        pred = F.normalize(predict(model, train.q), dim=-1)
+        bank = F.normalize(train.bank.float(), dim=-1)
+        k = min(k, bank.shape[0] - 1)
+        out = []
+        for i in range(0, pred.shape[0], 1024):
+            sims = pred[i:i + 1024] @ bank.T
+            sims.scatter_(1, train.pos[i:i + 1024, None], float("-inf"))
+            out.append(sims.topk(k, dim=1).indices)
+        return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
+
+    def fit(self, model: Any, train: TrainSet, val: ValSet | None, run: Any) -> TrainResult:
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        D.setup(run)
+        rank, world = run.rank, run.world_size
+        device = torch.device(model.device)
+        params = model.parameters()
+        loss_fn = self._loss_fn()
+        n = train.q.shape[0]
+        steps_nominal = max(1, math.ceil(n / cfg.batch_size))
+        run_dir = Path(run.run_dir)
+
+        if cfg.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
+        else:
+            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                  weight_decay=cfg.weight_decay) if params else None
+        sched = Schedule(cfg)
+        amp_ctx, scaler = _autocast(cfg, device)
+
+        start_epoch, best_score, best_epoch, bad_epochs = 1, -math.inf, None, 0
+        best_state: dict[str, torch.Tensor] | None = None
+        mined: torch.Tensor | None = None
+        state = run.load_state() if run.resume else None
+        if state is not None:
+            if state.get("label") != self.label:
+                raise CheckpointError(f"{run_dir}: its training state is for '{state.get('label')}', "
+                                      f"not '{self.label}'")
+            model.load_state_dict(state["model"])
+            if opt is not None and state.get("optimizer") is not None:
+                opt.load_state_dict(state["optimizer"])
+            if scaler is not None and state.get("scaler") is not None:
+                scaler.load_state_dict(state["scaler"])
+            sched.load_state_dict(state["schedule"])
+            b = state["best"]
+            best_score = -math.inf if b["score"] is None else float(b["score"])
+            best_epoch, bad_epochs = b["epoch"], int(b["bad"])
+            if best_epoch is not None and (run_dir / BEST_WEIGHTS).exists():
+                best_state = load_tensors(run_dir / BEST_WEIGHTS)
+            if state.get("mined") is not None:
+                mined = state["mined"]
+            set_rng_state(state["rng"])
+            start_epoch = int(state["epoch"]) + 1
+            if run.is_main:
+                run.truncate_metrics(int(state["epoch"]))
+        else:
+            if run.is_main:
+                run.truncate_metrics(-1)  # a fresh run starts a fresh metrics log
+            seed_everything(run.seed)
+            init = self.validate(model, val, loss_fn)
+            if init:
+                run.log_metrics({"epoch": 0, **{f"val_{k}": v for k, v in init.items()}})
+
+        stop_after = run.extras.get("stop_after_epoch")
+        bar = progress(range(start_epoch, cfg.epochs + 1), desc=self.label, total=cfg.epochs,
+                       initial=start_epoch - 1, disable=None if run.is_main else True) \
+            if run.is_main else range(start_epoch, cfg.epochs + 1)
+        last_epoch = start_epoch - 1
+        stopped_early = False
+        try:
+            for epoch in bar:
+                t0 = time.perf_counter()
+                rows = self.epoch_rows(epoch) if self.epoch_rows is not None else torch.arange(n)
+                if cfg.hard_negatives and loss_fn.uses_negatives and params and (
+                        mined is None or (epoch - 1) % cfg.mine_every == 0):
+                    mined = self._mine(model, train, cfg.hard_negatives)
+                order = rows[torch.randperm(rows.numel(), generator=epoch_generator(run.seed, epoch))]
+                batches = [order[i:i + cfg.batch_size] for i in range(0, order.numel(), cfg.batch_size)]
+                model.train(True)
+                total, count = 0.0, 0
+                for step, idx in enumerate(batches):
+                    lr = sched.lr(epoch - 1 + (step + 1) / max(1, len(batches)))
+                    loss = self._step(model, opt, scaler, amp_ctx, loss_fn, train, idx, mined, lr, rank, world)
+                    value = float(loss)
+                    if not math.isfinite(value):
+                        where = (f"the last good checkpoint (epoch {epoch - 1}) is kept in {run_dir}"
+                                 if epoch > 1 else "no checkpoint was written")
+                        raise TrainingDivergedError(
+                            f"training.loss became {value} at epoch {epoch}, step {step + 1}; {where}; "
+                            f"lower training.lr (now {cfg.lr:g}) or set training.grad_clip")
+                    total += value * idx.numel()
+                    count += idx.numel()
+                    del lr
+                metrics = self.validate(model, val, loss_fn)
+                row: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(1, count),
+                                       "lr": sched.lr(epoch), "pairs": int(rows.numel())}
+                row.update({f"val_{k}": v for k, v in metrics.items()})
+                if metrics:
+                    score = _score(metrics, cfg.val_metric)
+                    sched.observe(score)
+                else:  # no validation split: the last epoch is the best
+                    score = float(epoch)
+                if score > best_score + 1e-12:
+                    best_score, best_epoch, bad_epochs = score, epoch, 0
+                    best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+                    if run.is_main:
+                        save_tensors(run_dir / BEST_WEIGHTS, best_state, metadata={"epoch": str(epoch)})
+                else:
+                    bad_epochs += 1
+                row["best_epoch"] = best_epoch
+                row["seconds"] = time.perf_counter() - t0
+                self.history.append(row)
+                run.log_metrics(row)
+                run.save_state({
+                    "label": self.label,
+                    "epoch": epoch,
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optimizer": opt.state_dict() if opt is not None else None,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "schedule": sched.state_dict(),
+                    "best": {"score": best_score if math.isfinite(best_score) else None,
+                             "epoch": best_epoch, "bad": bad_epochs},
+                    "mined": mined,
+                    "rng": rng_state(),
+                })
+                last_epoch = epoch
+                if hasattr(bar, "set_postfix"):
+                    post = {"loss": f"{row['train_loss']:.4f}"}
+                    if metrics:
+                        post[f"val_{cfg.val_metric}"] = f"{metrics[cfg.val_metric]:.4f}"
+                    bar.set_postfix(post)
+                if stop_after is not None and epoch >= int(stop_after) and epoch < cfg.epochs:
+                    raise TrainingInterrupted(f"stopped after epoch {epoch} (run.extras['stop_after_epoch'])")
+                if cfg.early_stopping and bad_epochs >= cfg.early_stopping:
+                    stopped_early = True
+                    break
+        finally:
+            if hasattr(bar, "close"):
+                bar.close()
+            if run.is_main and getattr(cfg, "plots", False):
+                from cellnet_training.plots import plot_curves
+
+                plot_curves(run_dir, run.read_metrics(), cfg.val_metric)
+
+        if cfg.restore_best and best_state is not None:
+            model.load_state_dict(best_state)
+        final = self.validate(model, val, loss_fn)
+        return TrainResult(epochs=last_epoch, best_epoch=best_epoch,
+                           metrics={**{f"val_{k}": v for k, v in final.items()},
+                                    "stopped_early": float(stopped_early)},
+                           seconds=time.perf_counter() - t_start, history=run.read_metrics())
+
+    def _step(self, model, opt, scaler, amp_ctx, loss_fn, train: TrainSet, idx: torch.Tensor,
+              mined: torch.Tensor | None, lr: float, rank: int, world: int) -> torch.Tensor:
+        device = torch.device(model.device)
+        # the answer columns of this batch: true answers, mined and fixed negatives, each once
+        parts = [train.pos[idx]]
+        if loss_fn.uses_negatives:
+            if mined is not None:
+                parts.append(mined[idx].reshape(-1))
+            if train.negatives is not None:
+                neg = train.negatives[idx].reshape(-1)
+                parts.append(neg[neg >= 0])
+        cols = torch.unique(torch.cat(parts))
+        pos = torch.searchsorted(cols, train.pos[idx])
+        local, _ = D.shard(idx, rank, world)
+        with amp_ctx:
+            pred_local = model(train.q[local].to(device))
+        pred_local = pred_local.float()
+        pred = D.gather_rows(pred_local, idx.numel(), world)
+        loss = loss_fn(LossBatch(pred, train.bank[cols].to(device).float(), pos.to(device)))
+        if opt is None:
+            return loss.detach()
+        if not torch.isfinite(loss):
+            return loss.detach()
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=False)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        params = [p for g in opt.param_groups for p in g["params"]]
+        D.sum_gradients(params, world)
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        return loss.detach()

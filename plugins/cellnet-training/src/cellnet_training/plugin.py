@@ -1,0 +1,29 @@
+"""Registers the training strategies and the equal-size ``mlp`` evaluation baseline."""
+
+from __future__ import annotations
+
+from cellnet_core import hookimpl
+from cellnet_training import config as c
+
+_IMPL = "cellnet_training.strategies"
+
+
+@hookimpl
+def cellnet_register_components(registry) -> None:
+    registry.add("strategy", "autoencoder", c.AutoencoderConfig, f"{_IMPL}:build_autoencoder",
+                 summary="train reshaper+core to return each embedding through the lattice (reconstruction)")
+    registry.add("strategy", "dialogue", c.DialogueConfig, f"{_IMPL}:build_dialogue",
+                 summary="train reshaper+core to map question embeddings onto answer embeddings")
+    registry.add("strategy", "curriculum", c.CurriculumConfig, f"{_IMPL}:build_curriculum",
+                 summary="dialogue ordered easy→hard by baseline cosine, with a competence schedule")
+    registry.add("strategy", "decoder", c.DecoderTrainingConfig, f"{_IMPL}:build_decoder",
+                 summary="fit the pipeline's decoder on texts and their embeddings")
+    registry.add("strategy", "distill", c.DistillConfig, f"{_IMPL}:build_distill",
+                 summary="multi-teacher distillation of answer embeddings into reshaper+core")
+
+
+@hookimpl
+def cellnet_eval_baselines():
+    from cellnet_training.baselines import MLPBaseline
+
+    return [MLPBaseline()]
