@@ -132,6 +132,8 @@ def cmd_train(args) -> int:
             raise ConfigError("train: give a CONFIG file or --resume RUN_DIR")
         config = load_config(registry, args.config, args.set)
         run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config)
+    # the dataset first: a bad data file fails before any model loads or any file is written
+    data = registry.build("dataset", config.data, None)
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +148,6 @@ def cmd_train(args) -> int:
         kernel = getattr(pipeline.core, "kernel_name", None)
         if kernel:
             print(f"lattice kernel: {kernel}", file=sys.stderr)
-    data = registry.build("dataset", config.data, None)
     strategy = registry.build("strategy", config.training, None)
     run = RunContext(run_dir, seed=config.seed, resume=bool(args.resume), hook=pm.hook, rank=rank, world_size=world)
     result = strategy.fit(pipeline, data, run)
