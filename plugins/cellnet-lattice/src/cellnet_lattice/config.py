@@ -54,7 +54,7 @@ class PlasticityConfig(_Sub):
     training forward. Needs ``edge_weights`` other than ``none``."""
 
     rule: Literal["none", "hebbian", "bcm"] = Field(
-        "none", description="none; hebbian (STDP-style: neighbour at t-1 × cell at t, minus the reverse); "
+        "none", description="none; hebbian (causal, STDP-style: neighbour at step t-1 × cell at step t); "
                             "bcm (x·y·(y−θ) with a sliding threshold θ = running mean of y²)")
     rate: float = Field(1e-3, ge=0.0, le=1.0, description="learning rate of the rule")
     decay: float = Field(0.0, ge=0.0, le=1.0, description="weight decay towards 1 per update")
