@@ -1,0 +1,3 @@
+"""Fast lattice step kernels for cellnet (see docs/plugins/kernels.md)."""
+
+__version__ = "0.1.0"
