@@ -1,0 +1,170 @@
+"""Training, overfitting, save/load and the hybrid decoder, with the core's hashing encoder as a
+fake teacher (named as such) and tiny models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from cellnet_core.builtin.components import HashingEncoder
+from cellnet_core.cache import CachedEncoder
+from cellnet_core.errors import CheckpointError, ConfigError
+from cellnet_core.pipeline import BuildContext
+
+SENTENCES = [
+    "hello there, how are you?", "i am fine, thank you.", "what is your name?", "my name is cell.",
+    "the weather is nice today.", "do you like green tea?", "yes, with a little honey.", "where do you live?",
+    "i live in a small lattice.", "good night and sleep well!", "what time is it?", "it is half past nine.",
+    "can you help me with my homework?", "sure, what subject is it?", "i love reading old books.",
+    "my favourite colour is blue.", "how old are you?", "older than i look.", "tell me a joke.",
+    "why did the chicken cross the road?", "see you tomorrow.", "have a great weekend!",
+    "are you a robot?", "i am a small neural network.", "what do you eat?", "electricity, mostly.",
+    "let's play a game.", "which game do you like?", "it is raining again.", "bring an umbrella then.",
+]
+RET_TINY = {"name": "ret", "d_model": 64, "n_layers": 2, "n_heads": 2, "ffn_hidden": 128, "prefix_len": 2,
+            "vocab_size": 400, "epochs": 60, "batch_size": 30, "lr": 1e-2, "val_fraction": 0.0, "warmup": 0.1,
+            "max_len": 32}
+MAMBA_TINY = {"name": "cct-mamba", "d_model": 64, "n_layers": 2, "d_state": 4, "prefix_len": 2,
+              "vocab_size": 400, "epochs": 60, "batch_size": 30, "lr": 1e-2, "val_fraction": 0.0, "warmup": 0.1,
+              "max_len": 32}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def fake_teacher():
+    """The core's hashing encoder standing in for the real teacher."""
+    return CachedEncoder(HashingEncoder(dim=64), enabled=False)
+
+
+def _ctx(registry, encoder):
+    return BuildContext(registry=registry, device=torch.device("cpu"), seed=0, encoder=encoder,
+                        embedding_dim=encoder.dim)
+
+
+def _build(registry, encoder, cfg):
+    return registry.build("decoder", registry.config_for("decoder", cfg), _ctx(registry, encoder))
+
+
+@pytest.fixture(scope="module")
+def trained_ret(registry, fake_teacher):
+    torch.set_num_threads(1)
+    dec = _build(registry, fake_teacher, RET_TINY)
+    embs = fake_teacher.encode(SENTENCES)
+    info = dec.fit(SENTENCES, embs)
+    return dec, embs, info
+
+
+def test_ret_overfits_and_reproduces_sentences(trained_ret):
+    dec, embs, info = trained_ret
+    assert 0.5e5 < info["parameters"] < 2e5 and info["epochs"] == 60
+    assert dec.decode(embs) == SENTENCES
+    assert dec.generate(embs, "beam") == SENTENCES
+
+
+def test_cct_mamba_overfits_and_reproduces_sentences(registry, fake_teacher):
+    dec = _build(registry, fake_teacher, {**MAMBA_TINY, "epochs": 50})
+    embs = fake_teacher.encode(SENTENCES[:16])
+    dec.fit(SENTENCES[:16], embs)
+    assert dec.decode(embs) == SENTENCES[:16]
+
+
+def test_untrained_decoder_says_so(registry, fake_teacher):
+    dec = _build(registry, fake_teacher, RET_TINY)
+    with pytest.raises(CheckpointError, match="not trained"):
+        dec.decode(torch.randn(1, 64))
+
+
+def test_wrong_embedding_size_is_a_config_error(trained_ret):
+    dec, _, _ = trained_ret
+    with pytest.raises(ConfigError, match=r"expected embeddings \[B, 64\]"):
+        dec.decode(torch.randn(2, 32))
+
+
+def test_save_load_same_greedy_output(registry, fake_teacher, trained_ret, tmp_path):
+    dec, embs, _ = trained_ret
+    files = dec.save(tmp_path / "dec")
+    assert {f.name for f in files} == {"weights.safetensors", "tokenizer.json", "decoder.json"}
+    meta = json.loads((tmp_path / "dec" / "decoder.json").read_text())
+    assert meta["config"]["d_model"] == 64 and len(meta["tokenizer_sha256"]) == 64
+    again = _build(registry, fake_teacher, RET_TINY)
+    again.load(tmp_path / "dec")
+    assert again.decode(embs) == dec.decode(embs)
+    assert again.generate(embs[:5], "beam") == dec.generate(embs[:5], "beam")
+
+
+def test_foreign_tokenizer_is_detected(registry, fake_teacher, trained_ret, tmp_path):
+    dec, _, _ = trained_ret
+    dec.save(tmp_path / "a")
+    other = _build(registry, fake_teacher, {**RET_TINY, "vocab_size": 300, "epochs": 1})
+    other.fit(SENTENCES[:20], fake_teacher.encode(SENTENCES[:20]))
+    other.save(tmp_path / "b")
+    shutil.copy(tmp_path / "b" / "tokenizer.json", tmp_path / "a" / "tokenizer.json")
+    fresh = _build(registry, fake_teacher, RET_TINY)
+    with pytest.raises(CheckpointError, match="tokenizer does not match the decoder"):
+        fresh.load(tmp_path / "a")
+    # even with the recorded hash forged to match, the vocabulary size gives it away
+    meta_path = tmp_path / "a" / "decoder.json"
+    meta = json.loads(meta_path.read_text())
+    meta["tokenizer_sha256"] = json.loads((tmp_path / "b" / "decoder.json").read_text())["tokenizer_sha256"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"tokenizer has \d+ entries, the decoder expects \d+"):
+        fresh.load(tmp_path / "a")
+
+
+def test_other_architecture_is_detected(registry, fake_teacher, trained_ret, tmp_path):
+    dec, _, _ = trained_ret
+    dec.save(tmp_path / "dec")
+    wider = _build(registry, fake_teacher, {**RET_TINY, "d_model": 96, "n_heads": 2})
+    with pytest.raises(CheckpointError, match="trained with d_model=64, the config says 96"):
+        wider.load(tmp_path / "dec")
+    mamba = _build(registry, fake_teacher, MAMBA_TINY)
+    with pytest.raises(CheckpointError, match="holds a 'ret' decoder"):
+        mamba.load(tmp_path / "dec")
+
+
+def test_early_stopping_on_held_out_loss(registry, fake_teacher):
+    texts = SENTENCES * 2
+    dec = _build(registry, fake_teacher, {**RET_TINY, "epochs": 40, "val_fraction": 0.2, "patience": 2,
+                                          "batch_size": 16})
+    info = dec.fit(texts, fake_teacher.encode(texts))
+    assert info["val_texts"] == 12 and info["train_texts"] == 48  # 6 distinct texts held out, never trained on
+    assert all("val_loss" in r for r in info["history"])
+    assert info["stopped_early"] and info["epochs"] < 40
+    assert info["best_epoch"] == min(range(len(info["history"])), key=lambda i: info["history"][i]["val_loss"]) + 1
+
+
+def test_hybrid_falls_back_to_bank_then_beats_both_parts(registry, fake_teacher):
+    cfg = {"name": "hybrid", "bank": {"name": "nearest"}, "generator": RET_TINY, "beams": 3, "k": 3}
+    hyb = _build(registry, fake_teacher, cfg)
+    bank_texts = SENTENCES[::2]
+    hyb.bank.fit(bank_texts, fake_teacher.encode(bank_texts))
+    target = fake_teacher.encode(SENTENCES[1:8:2])  # not in the bank
+    assert not hyb.generator.trained
+    assert set(hyb.decode(target)) <= set(bank_texts)
+
+    hyb.fit(SENTENCES, fake_teacher.encode(SENTENCES))
+    queries = torch.nn.functional.normalize(fake_teacher.encode(SENTENCES[:10]) +
+                                            0.3 * torch.randn(10, 64) / 8, dim=-1)
+
+    def cos(texts):
+        return torch.nn.functional.cosine_similarity(fake_teacher.encode(texts), queries)
+
+    h, b, g = cos(hyb.decode(queries)), cos(hyb.bank.decode(queries)), cos(hyb.generator.decode(queries))
+    assert bool((h >= b - 1e-6).all()) and bool((h >= g - 1e-6).all())
+
+
+def test_hybrid_bank_config_checked_with_path(registry):
+    with pytest.raises(ConfigError, match="decoder.bank: unknown 'nearst'.*did you mean 'nearest'"):
+        registry.config_for("decoder", {"name": "hybrid", "bank": {"name": "nearst"}})
+    with pytest.raises(ConfigError, match="cannot itself be 'hybrid'"):
+        registry.config_for("decoder", {"name": "hybrid", "bank": {"name": "hybrid"}})
