@@ -28,7 +28,7 @@ class PhrasebankConfig(ComponentConfig):
                        description="IVF cells; 0: about 4·sqrt(n), at most n/39 (FAISS's training rule)")
     nprobe: int = Field(16, ge=1, le=65536, description="IVF cells visited per query (starting value, see target_recall)")
     hnsw_m: int = Field(32, ge=4, le=128, description="HNSW links per node (M)")
-    ef_construction: int = Field(80, ge=8, le=4096, description="HNSW candidate list size while building")
+    ef_construction: int = Field(40, ge=8, le=4096, description="HNSW candidate list size while building")
     ef_search: int = Field(64, ge=1, le=65536, description="HNSW candidate list size per query (starting value, see target_recall)")
     target_recall: float = Field(
         0.95, ge=0.0, le=1.0,
@@ -77,6 +77,10 @@ class PhrasebankConfig(ComponentConfig):
                     "of each sentence), 'repeats' (drop an immediately repeated word)")
     cache_size: int = Field(1024, ge=0, le=10_000_000, description="LRU cache of recent queries (0: off)")
     cache_decimals: int = Field(4, ge=0, le=8, description="embeddings are rounded to this many decimals for the cache key")
+    parallel_min_batch: int = Field(
+        8, ge=1, le=1_000_000,
+        description="searches of fewer queries than this run on one OpenMP thread (lower single-query latency, "
+                    "no thread wake-ups); larger batches use FAISS's default thread count")
     batch_size: int = Field(1024, ge=1, le=1_000_000, description="queries searched per FAISS call in batch decoding")
     texts_file: str | None = Field(
         None, description="file of phrases (one per line, or .jsonl with a 'text' field) encoded with the run's "
