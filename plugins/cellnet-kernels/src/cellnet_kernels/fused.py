@@ -137,14 +137,14 @@ def _slot_weight(edge_weight: torch.Tensor, slots: int, k: int) -> torch.Tensor:
 
 
 def cell_delta(buf: torch.Tensor, k: int, has_field: bool, cell: Any,
-               edge_weight: torch.Tensor | None, inplace: bool) -> torch.Tensor:
+               edge_weight: torch.Tensor | None, inplace: bool, kind: str | None = None) -> torch.Tensor:
     """``buf [B, n, S, C]`` (gathered slots) → bounded ``delta [B, n, C]``.
 
     ``edge_weight`` is ``None``, ``[K]`` or ``[n, K]`` (rows of this buffer). ``inplace`` lets the
     function scale ``buf`` and transform intermediates in place (only when no gradient is needed).
     """
     bsz, n, s, c = buf.shape
-    kind = _cell_kind(cell)
+    kind = _cell_kind(cell) if kind is None else kind
     if edge_weight is not None and edge_weight.dim() == 2:
         w = _slot_weight(edge_weight.to(buf.dtype), s, k).view(1, n, s, 1)
         buf = buf.mul_(w) if inplace else buf * w
@@ -160,6 +160,8 @@ def cell_delta(buf: torch.Tensor, k: int, has_field: bool, cell: Any,
     h = torch.addmm(b1, buf.view(bsz * n, s * c), w1.reshape(w1.shape[0], s * c).t())
     h = torch.relu_(h) if inplace else torch.relu(h)
     raw = torch.addmm(cell.fc2.bias, h, cell.fc2.weight.t())
+    if raw.dtype != buf.dtype:  # autocast: bound and residual in the state's precision
+        raw = raw.to(buf.dtype)
     bound = cell.delta_bound
     if bound > 0:
         if inplace:
@@ -167,6 +169,24 @@ def cell_delta(buf: torch.Tensor, k: int, has_field: bool, cell: Any,
         else:
             raw = bound * torch.tanh(raw / bound)
     return raw.view(bsz, n, c)
+
+
+def functional_step(state: torch.Tensor, field: torch.Tensor | None, index: torch.Tensor, k: int, kind: str,
+                    cell: Any, edge_weight: torch.Tensor | None) -> torch.Tensor:
+    """The fused step without cached buffers or in-place ops (what ``compiled`` and ``cuda`` trace).
+
+    ``index`` comes from :func:`build_index` for the whole lattice; ``kind`` from ``_cell_kind``.
+    """
+    bsz, x, y, z, c = state.shape
+    n = x * y * z
+    has_field = field is not None
+    s = k + 2 if has_field else k + 1
+    rows = state.reshape(bsz, n, c)
+    parts = [rows] + ([field.reshape(bsz, n, c).to(state.dtype)] if has_field else [])
+    parts.append(rows.new_zeros(bsz, 1, c))
+    buf = torch.cat(parts, dim=1).index_select(1, index).view(bsz, n, s, c)
+    delta = cell_delta(buf, k, has_field, cell, edge_weight, inplace=False, kind=kind)
+    return state + delta.reshape(state.shape)
 
 
 # --------------------------------------------------------------------------------------------
