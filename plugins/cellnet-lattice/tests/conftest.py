@@ -18,6 +18,11 @@ def randomise_last_layer(core, std: float = 0.3, seed: int = 1) -> None:
 
 
 @pytest.fixture
+def randomise():
+    return randomise_last_layer
+
+
+@pytest.fixture
 def make_core():
     from cellnet_lattice.cells import CELLS
     from cellnet_lattice.core import LatticeCore

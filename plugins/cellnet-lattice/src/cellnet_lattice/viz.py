@@ -66,7 +66,7 @@ def render_states(states: Sequence[torch.Tensor], out_dir: str | Path, steps: Se
     fig.colorbar(im, ax=axes, shrink=0.8, label="‖state‖ per cell")
     fig.suptitle(f"lattice {X}×{Y}×{Z}×{C}" + (f": {title}" if title else ""), fontsize=10)
     files.append(out / "slices.png")
-    fig.savefig(files[-1], dpi=90)
+    fig.savefig(files[-1], dpi=90, bbox_inches="tight")
     plt.close(fig)
 
     mean_abs = [float(s.abs().mean()) for s in sts]
@@ -81,7 +81,7 @@ def render_states(states: Sequence[torch.Tensor], out_dir: str | Path, steps: Se
     a2.set_xlabel("step"), a2.set_title("max |state change|", fontsize=10)
     fig.tight_layout()
     files.append(out / "activity.png")
-    fig.savefig(files[-1], dpi=90)
+    fig.savefig(files[-1], dpi=90, bbox_inches="tight")
     plt.close(fig)
 
     last = sts[-1][:, :, Z // 2]  # [X, Y, C]
@@ -101,7 +101,7 @@ def render_states(states: Sequence[torch.Tensor], out_dir: str | Path, steps: Se
             ax.axis("off")
     fig.suptitle(f"channels at step {total}, z={Z // 2}", fontsize=10)
     files.append(out / "channels.png")
-    fig.savefig(files[-1], dpi=90)
+    fig.savefig(files[-1], dpi=90, bbox_inches="tight")
     plt.close(fig)
     return files
 
