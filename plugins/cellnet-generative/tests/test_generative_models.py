@@ -110,3 +110,23 @@ def test_unigram_tokenizer_unknown_characters_do_not_crash():
     ids = tok.encode("hello 東京").ids
     assert tok.token_to_id("<unk>") in ids
     assert decode_ids(tok, ids).startswith("hello")
+
+
+def test_rope_tables_extend_beyond_max_len():
+    model = RetLM(vocab=30, emb_dim=8, d_model=16, n_layers=1, n_heads=2, ffn_hidden=16, prefix_len=2,
+                  max_len=4).eval()
+    emb, toks = torch.randn(2, 8), torch.randint(0, 30, (2, 20))
+    with torch.no_grad():
+        inc = _incremental(model, emb, toks, 1)
+        full = model(emb, toks)
+    torch.testing.assert_close(inc, full, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("model_cls", [RetLM, CctMambaLM])
+def test_incremental_equals_full_on_cuda(model_cls):
+    model = model_cls(vocab=50, emb_dim=16, d_model=32, n_layers=2).cuda().eval()
+    emb, toks = torch.randn(3, 16, device="cuda"), torch.randint(0, 50, (3, 12), device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(_incremental(model, emb, toks, 1), model(emb, toks), atol=1e-4, rtol=1e-3)

@@ -47,8 +47,9 @@ class GenerativeDecoderConfig(ComponentConfig):
                                 description="fraction of the fit texts held out for early stopping (0: none)")
     patience: int = Field(3, ge=1, le=1000,
                           description="stop after this many epochs without a better held-out loss")
-    max_seconds: float = Field(0.0, ge=0, description="stop training after the epoch that passes this many "
-                                                       "seconds (0: no limit)")
+    max_seconds: float = Field(0.0, ge=0, description="time budget: after the first epoch, the number of "
+                                                       "epochs (and the lr schedule) is cut to what fits in this "
+                                                       "many seconds (0: no limit)")
     emb_noise: float = Field(0.0, ge=0, le=1.0,
                              description="std of Gaussian noise added to the (normalised) embedding in "
                                          "training, for robustness to inexact embeddings")

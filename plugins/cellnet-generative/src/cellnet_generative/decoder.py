@@ -157,7 +157,8 @@ class GenerativeDecoder:
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=c.lr, betas=(0.9, 0.98))
         steps_per_epoch = math.ceil(len(tr_seqs) / c.batch_size)
-        total = steps_per_epoch * c.epochs
+        planned = c.epochs  # shortened after the first epoch when max_seconds says so
+        total = steps_per_epoch * planned
         warm = max(1, int(total * c.warmup))
 
         def lr_at(step: int) -> float:
@@ -199,12 +200,18 @@ class GenerativeDecoder:
                 bad += 1
                 if va_seqs and bad >= c.patience:
                     break
-            if c.max_seconds and time.perf_counter() - t0 > c.max_seconds:
+            if c.max_seconds and epoch == 1:
+                # fit the whole warm-up + cosine schedule into the time budget
+                per_epoch = time.perf_counter() - t0
+                planned = max(1, min(c.epochs, int(c.max_seconds // max(per_epoch, 1e-9))))
+                total = steps_per_epoch * planned
+            if epoch >= planned:
                 break
         if best_state is not None:
             self.model.load_state_dict(best_state)
         self.model.eval()
-        return {"epochs": len(self.history), "stopped_early": len(self.history) < c.epochs, "best_epoch": best_epoch, "best_loss": best,
+        return {"epochs": len(self.history), "stopped_early": len(self.history) < planned,
+                "planned_epochs": planned, "best_epoch": best_epoch, "best_loss": best,
                 "seconds": time.perf_counter() - t0, "parameters": self.num_parameters(),
                 "vocab": self.tokenizer.get_vocab_size(), "train_texts": len(tr_seqs), "val_texts": len(va_seqs),
                 "history": self.history}

