@@ -81,6 +81,10 @@ class PhrasebankConfig(ComponentConfig):
         8, ge=1, le=1_000_000,
         description="searches of fewer queries than this run on one OpenMP thread (lower single-query latency, "
                     "no thread wake-ups); larger batches use FAISS's default thread count")
+    threads: int = Field(
+        0, ge=0, le=1024,
+        description="OpenMP threads FAISS uses to build the index and search batches (0: FAISS's default, one per "
+                    "core); 1 is faster on a machine whose cores are busy with other work")
     batch_size: int = Field(1024, ge=1, le=1_000_000, description="queries searched per FAISS call in batch decoding")
     texts_file: str | None = Field(
         None, description="file of phrases (one per line, or .jsonl with a 'text' field) encoded with the run's "

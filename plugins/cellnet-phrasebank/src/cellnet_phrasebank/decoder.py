@@ -414,13 +414,14 @@ class PhrasebankDecoder:
         """``[B, D]`` → B strings; ``""`` where no phrase reaches ``min_score``."""
         q = self._queries(emb)
         method = self.cfg.method
+        if method == "compose":
+            # through candidates(k=cfg.k): a following candidates() call (Pipeline.answer) is a cache hit
+            return [r[0].text if r and r[0].confident else NO_MATCH for r in self.candidates(q, self.cfg.k)]
 
         def compute(x: np.ndarray) -> list[str]:
             if method == "best":
                 return [self._clean(r[0].text) if r and r[0].confident else NO_MATCH for r in self._rows_best(x, 1)]
-            if method == "mmr":
-                return [self._mmr_answer(r) for r in self._rows_mmr(x, self.cfg.max_phrases)]
-            return [r[0].text if r and r[0].confident else NO_MATCH for r in self._rows_compose(x, 1)]
+            return [self._mmr_answer(r) for r in self._rows_mmr(x, self.cfg.max_phrases)]
 
         return self._cached(q, ("decode",), compute)
 

@@ -32,18 +32,26 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / norms, dtype=np.float32)
 
 
-class one_thread:
-    """Run FAISS with one OpenMP thread inside the block. A search of a few queries gains nothing
-    from threads, and waking them costs more than the search when the cores are busy."""
+class faiss_threads:
+    """Run FAISS with ``n`` OpenMP threads inside the block (``0``: leave as is)."""
+
+    def __init__(self, n: int = 0):
+        self.n = n
 
     def __enter__(self) -> None:
         self.before = faiss.omp_get_max_threads()
-        if self.before != 1:
-            faiss.omp_set_num_threads(1)
+        if self.n and self.n != self.before:
+            faiss.omp_set_num_threads(self.n)
 
     def __exit__(self, *exc: object) -> None:
-        if self.before != 1:
+        if self.n and self.n != self.before:
             faiss.omp_set_num_threads(self.before)
+
+
+def one_thread() -> faiss_threads:
+    """One OpenMP thread: a search of a few queries gains nothing from threads, and waking them
+    costs more than the search when the cores are busy."""
+    return faiss_threads(1)
 
 
 @dataclass
@@ -63,6 +71,7 @@ class IndexParams:
     recall_noise: float = 0.5
     seed: int = 0
     parallel_min_batch: int = 8
+    threads: int = 0
 
     @classmethod
     def from_config(cls, cfg: Any) -> "IndexParams":
@@ -98,6 +107,10 @@ class PhraseIndex:
 
     def build(self, vectors: np.ndarray) -> None:
         """Build a new index over ``vectors [N, D]`` (normalised); measure and tune its recall."""
+        with faiss_threads(self.params.threads):
+            self._build(vectors)
+
+    def _build(self, vectors: np.ndarray) -> None:
         t0 = time.perf_counter()
         n, d = vectors.shape
         p = self.params
@@ -137,18 +150,18 @@ class PhraseIndex:
     def add(self, vectors: np.ndarray) -> None:
         """Add vectors to the existing index: no retraining (IVF keeps its cells, HNSW links the new
         nodes in). Recall is measured again afterwards (without retuning)."""
-        self.index.add(vectors)
-        self.meta["ntotal"] = self.ntotal
-        self.meta["added_after_build"] = self.meta.get("added_after_build", 0) + len(vectors)
-        self.measure_recall(None, tune=False)
+        with faiss_threads(self.params.threads):
+            self.index.add(vectors)
+            self.meta["ntotal"] = self.ntotal
+            self.meta["added_after_build"] = self.meta.get("added_after_build", 0) + len(vectors)
+            self.measure_recall(None, tune=False)
 
     # -- search ----------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``[B, D]`` normalised queries → (scores ``[B, k]``, ids ``[B, k]``), best first; id -1 pads."""
         k = max(1, min(k, self.ntotal))
-        if len(queries) >= self.params.parallel_min_batch:
-            return self.index.search(queries, k)
-        with one_thread():
+        threads = self.params.threads if len(queries) >= self.params.parallel_min_batch else 1
+        with faiss_threads(threads):
             return self.index.search(queries, k)
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
