@@ -351,3 +351,13 @@ def test_threads_option_is_scoped(vectors):
         assert faiss.omp_get_max_threads() == 2  # restored after build and search
     finally:
         faiss.omp_set_num_threads(1)
+
+
+def test_candidates_show_the_same_text_as_decode(fake_teacher):
+    raw = ["Hello  world,  friend", "the the cat sat"]
+    dec = make(fake_teacher)
+    dec.fit(raw, fake_teacher.encode(raw))
+    q = fake_teacher.encode(raw)
+    rows = dec.candidates(q, 1)
+    assert dec.decode(q) == [r[0].text for r in rows] == ["Hello world, friend", "the cat sat"]
+    assert [dec.texts[r[0].ids[0]] for r in rows] == raw

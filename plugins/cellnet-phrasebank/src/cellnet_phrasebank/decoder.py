@@ -257,7 +257,7 @@ class PhrasebankDecoder:
         rows = []
         for s_row, i_row in zip(scores, ids):
             ok = self._confident(float(s_row[0]))
-            rows.append([PhraseCandidate(self.texts[j], float(s), ok, (int(j),), float(s))
+            rows.append([PhraseCandidate(self._clean(self.texts[j]), float(s), ok, (int(j),), float(s))
                          for s, j in zip(s_row, i_row) if j >= 0])
         return rows
 
@@ -289,7 +289,8 @@ class PhrasebankDecoder:
                 chosen.append(pick)
                 remaining.remove(pick)
             ok = self._confident(float(s_row[0])) if len(s_row) else False
-            rows.append([PhraseCandidate(self.texts[int(i_row[c])], v, ok, (int(i_row[c]),), float(s_row[c]))
+            rows.append([PhraseCandidate(self._clean(self.texts[int(i_row[c])]), v, ok, (int(i_row[c]),),
+                                         float(s_row[c]))
                          for c, v in zip(chosen, values)])
         return rows
 
@@ -387,7 +388,7 @@ class PhrasebankDecoder:
         for r in range(b):
             if not confident[r]:
                 # no confident match: report the nearest single phrases, flagged, no composition
-                rows.append([PhraseCandidate(self.texts[int(j)], float(s), False, (int(j),), float(s))
+                rows.append([PhraseCandidate(self._clean(self.texts[int(j)]), float(s), False, (int(j),), float(s))
                              for s, j in zip(base_scores[r][:k], base_ids[r][:k]) if j >= 0])
                 continue
             ranked = sorted(scored[r].items(), key=lambda kv: (-kv[1][0], len(kv[1][2]), kv[0]))
@@ -396,8 +397,8 @@ class PhrasebankDecoder:
 
     # -- public API ----------------------------------------------------------------------------
     def candidates(self, emb: Any, k: int | None = None) -> list[list[PhraseCandidate]]:
-        """``[B, D]`` → per row up to ``k`` :class:`PhraseCandidate` (text, score, confident, ids),
-        best first. For ``mmr`` the order is the MMR order and ``score`` the cosine relevance."""
+        """``[B, D]`` → per row up to ``k`` :class:`PhraseCandidate` (text, score, confident, ids,
+        cosine), best first; texts are post-processed like ``decode``'s, ``ids`` name the bank phrases. For ``mmr`` the order is the MMR order and ``score`` the cosine relevance."""
         q = self._queries(emb)
         k = int(k or self.cfg.k)
         method = self.cfg.method
@@ -420,7 +421,7 @@ class PhrasebankDecoder:
 
         def compute(x: np.ndarray) -> list[str]:
             if method == "best":
-                return [self._clean(r[0].text) if r and r[0].confident else NO_MATCH for r in self._rows_best(x, 1)]
+                return [r[0].text if r and r[0].confident else NO_MATCH for r in self._rows_best(x, 1)]
             return [self._mmr_answer(r) for r in self._rows_mmr(x, self.cfg.max_phrases)]
 
         return self._cached(q, ("decode",), compute)
