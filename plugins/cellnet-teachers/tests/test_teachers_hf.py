@@ -44,6 +44,10 @@ def test_pool_function_masks_padding_on_either_side():
     assert pool(h, left, "cls").squeeze(-1).tolist() == [1.0, 6.0]
     assert pool(h, right, "mean").squeeze(-1).tolist() == [1.0, 4.5]
     assert pool(h, right, "max").squeeze(-1).tolist() == [2.0, 5.0]
+    assert pool(h, right, "mean", skip_first=True).squeeze(-1).tolist() == [1.5, 5.0]
+    assert pool(h, left, "mean", skip_first=True).squeeze(-1).tolist() == [2.5, 7.0]
+    one = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0]])
+    assert pool(h, one, "mean", skip_first=True).squeeze(-1).tolist() == [0.0, 5.0]  # a lone token is kept
 
 
 def test_layer_choice(registry, minilm_dir):

@@ -46,6 +46,9 @@ class TransformerFields(PreprocessingFields):
     max_length: int | None = Field(
         None, ge=1, le=1_000_000, description="tokens per text; longer texts are truncated; default: the "
         "model's limit, at most 512; must not exceed the model's limit")
+    skip_first_token: bool = Field(
+        False, description="leave each text's first token out of 'mean'/'max' pooling (for causal LMs, whose "
+        "first position is an attention sink with huge activations)")
     normalize: bool = Field(True, description="L2-normalise the output (after pooling and after preprocessing)")
     prefix: str = Field("", max_length=1000, description="text prepended to every input, e.g. 'query: '")
     dtype: DType = Field("float32", description="dtype of the model weights while encoding; the output is "
@@ -79,8 +82,11 @@ class SmolLM2EncoderConfig(PreprocessingFields):
 
     name: Literal["smollm2"] = "smollm2"
     pooling: Pooling = Field("mean", description="token pooling: 'mean', 'last', 'max' or 'cls' (first token)")
-    layer: int = Field(-1, ge=-31, le=30, description="hidden layer to pool: -1 the last (after the final "
-                       "norm), 0 token embeddings, 1..30 a block's output")
+    layer: int = Field(16, ge=-31, le=30, description="hidden layer to pool: 16 (default; middle layers embed "
+                       "sentences better than the last, see docs), -1 the last (after the final norm), 0 token "
+                       "embeddings, 1..30 a block's output")
+    skip_first_token: bool = Field(True, description="leave the first token (an attention sink with huge "
+                                   "activations) out of 'mean'/'max' pooling")
     max_length: int | None = Field(256, ge=1, le=8192, description="tokens per text; longer texts truncated")
     normalize: bool = Field(True, description="L2-normalise the output")
     prefix: str = Field("", max_length=1000, description="text prepended to every input")

@@ -121,16 +121,28 @@ def load_model(source: str, local_only: bool, dtype: str, device: torch.device, 
     return tok, model
 
 
-def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
-    """``hidden [B, T, H]``, ``mask [B, T]`` (1 = token) → ``[B, H]``."""
+def _first_index(mask: torch.Tensor) -> torch.Tensor:
+    return (mask * torch.arange(mask.shape[1], 0, -1, device=mask.device)).argmax(1)
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str, skip_first: bool = False) -> torch.Tensor:
+    """``hidden [B, T, H]``, ``mask [B, T]`` (1 = token) → ``[B, H]``.
+
+    ``skip_first`` leaves each text's first token out of 'mean' and 'max' (kept when it is the only
+    one): in causal LMs that position is an attention sink with huge activations that swamp the mean.
+    """
+    if skip_first and how in ("mean", "max"):
+        rows = torch.arange(mask.shape[0], device=mask.device)
+        first = _first_index(mask)
+        mask = mask.clone()
+        mask[rows, first] = torch.where(mask.sum(1) > 1, torch.zeros_like(first), mask[rows, first])
     m = mask.to(hidden.dtype).unsqueeze(-1)
     if how == "mean":
         return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
     if how == "max":
         return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(1)
     if how == "cls":
-        first = (mask * torch.arange(mask.shape[1], 0, -1, device=mask.device)).argmax(1)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), _first_index(mask)]
     if how == "last":  # last real token, whichever side the padding is on
         last = (mask * torch.arange(1, mask.shape[1] + 1, device=mask.device)).argmax(1)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
@@ -143,11 +155,13 @@ class HFEncoder(Teacher):
     def __init__(self, model: str, *, pooling: str = "mean", layer: int = -1, max_length: int | None = None,
                  batch_size: int = 64, normalize: bool = True, prefix: str = "", dtype: str = "float32",
                  device: Any = "cpu", preprocess: str = "none", pca_dim: int | None = None,
-                 allow_download: bool = False, label: str = "hf", where: str = "encoder"):
+                 skip_first_token: bool = False, allow_download: bool = False, label: str = "hf",
+                 where: str = "encoder"):
         source, local_only = resolve_model_source(model, allow_download, where=f"{where}.model")
         self.device = torch.device(device)
         self.tokenizer, self.model = load_model(source, local_only, dtype, self.device, f"{where}.model")
         self.pooling, self.batch_size, self.normalize, self.prefix = pooling, batch_size, normalize, prefix
+        self.skip_first_token = skip_first_token
         n_layers = getattr(self.model.config, "num_hidden_layers", None)
         if n_layers is not None and not -(n_layers + 1) <= layer <= n_layers:
             raise ConfigError(f"{where}.layer: {layer} is outside the model's layers "
@@ -162,7 +176,7 @@ class HFEncoder(Teacher):
         self.base_dim = int(self.model.config.hidden_size)
         ident = weights_digest(Path(source)) if Path(source).is_dir() else source
         self.base_fingerprint = (
-            f"{label}:{ident}:pool={pooling}:layer={layer}:maxlen={max_length}:norm={normalize}"
+            f"{label}:{ident}:pool={pooling}{'-skip1' if skip_first_token else ''}:layer={layer}:maxlen={max_length}:norm={normalize}"
             f":prefix={hashlib.sha1(prefix.encode()).hexdigest()[:8] if prefix else ''}:dtype={dtype}")
         self._init_preprocessing(preprocess, pca_dim)
         self.forward_calls = 0  #: model forward passes (tests count them)
@@ -195,7 +209,7 @@ class HFEncoder(Teacher):
             res = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=want_hidden)
             self.forward_calls += 1
             hidden = res.last_hidden_state if not want_hidden else res.hidden_states[self.layer]
-            vec = pool(hidden.float(), mask, self.pooling)
+            vec = pool(hidden.float(), mask, self.pooling, self.skip_first_token)
             if self.normalize:
                 vec = torch.nn.functional.normalize(vec, dim=-1)
             out[torch.tensor(idx)] = vec.to("cpu", torch.float32)
@@ -213,7 +227,7 @@ def resolve_encoder_device(name: str, ctx: Any) -> torch.device:
 
 def _common(cfg: Any, ctx: Any) -> dict[str, Any]:
     return dict(pooling=cfg.pooling, layer=cfg.layer, max_length=cfg.max_length, batch_size=cfg.batch_size,
-                normalize=cfg.normalize, prefix=cfg.prefix, dtype=getattr(cfg, "dtype", "float32"),
+                normalize=cfg.normalize, prefix=cfg.prefix, skip_first_token=cfg.skip_first_token, dtype=getattr(cfg, "dtype", "float32"),
                 device=resolve_encoder_device(cfg.device, ctx), preprocess=cfg.preprocess, pca_dim=cfg.pca_dim)
 
 

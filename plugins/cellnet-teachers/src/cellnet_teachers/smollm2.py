@@ -104,6 +104,8 @@ def ensure_converted(gguf: Path | None = None, log=None) -> tuple[Path, bool]:
         tok.save_pretrained(str(tmp))
         (tmp / MARKER).write_text(json.dumps({"source": _source_id(gguf), "seconds": round(time.perf_counter() - t0, 1)},
                                              indent=2) + "\n", encoding="utf-8")
+        for p in [tmp, *tmp.iterdir()]:  # mkdtemp makes 0700: let other users of the cache read it
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
         if folder.exists():  # a stale or partial folder from an older package version
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -124,5 +126,6 @@ def build_smollm2(cfg: Any, ctx: Any) -> HFEncoder:
         raise ConfigError("encoder.max_length: at most 8192 for smollm2")
     return HFEncoder(str(folder), pooling=cfg.pooling, layer=cfg.layer, max_length=cfg.max_length,
                      batch_size=cfg.batch_size, normalize=cfg.normalize, prefix=cfg.prefix, dtype="float32",
+                     skip_first_token=cfg.skip_first_token,
                      device=resolve_encoder_device(cfg.device, ctx), preprocess=cfg.preprocess,
                      pca_dim=cfg.pca_dim, label="smollm2")
