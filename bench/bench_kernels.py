@@ -100,7 +100,7 @@ def bench_speed(quick: bool, with_compiled: bool) -> list[dict]:
         for cell_name in CELLS:
             cell, topo = make(cell_name, shape)
             field = torch.randn(BATCH, *shape, C)
-            ks = kernels(with_compiled)
+            ks = kernels(with_compiled and shape == SHAPES[0][0])  # compiling costs minutes per shape
             best = {(n, b): float("inf") for n in ks for b in (False, True)}
             for n, k in ks.items():  # warm-up (and compile)
                 time_once(k, field, cell, topo, steps, False)
@@ -288,7 +288,8 @@ def write_report(rows: list[dict], large: dict | None, out: Path, quick: bool, l
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats, 2 large-lattice steps")
-    ap.add_argument("--compiled", action="store_true", help="also time the torch.compile kernel (slow to compile)")
+    ap.add_argument("--compiled", action="store_true",
+                    help="also time the torch.compile kernel on the first lattice size (compiling takes minutes)")
     ap.add_argument("--no-large", action="store_true", help="skip the 300×300×150 run")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch intra-op threads (0: torch's default); on a shared, overloaded machine 1 "

@@ -41,7 +41,7 @@ def step_and_grads(kernel, state, field, cell, topo):
     if w is not None:
         topo.edge_weight = w.detach().clone().requires_grad_(True)
     out = kernel.step(state, field, cell, topo)
-    loss = (out * torch.linspace(-1, 1, out.shape[-1])).pow(2).sum()
+    loss = (out * torch.linspace(-1, 1, out.shape[-1], device=out.device)).pow(2).sum()
     wrt = [state] + ([field] if field is not None else []) + ([topo.edge_weight] if w is not None else [])
     wrt += list(cell.parameters())
     grads = torch.autograd.grad(loss, wrt, allow_unused=True)
