@@ -122,6 +122,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=None,
                     help="training seconds per generative decoder (default 330; quick 40)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "generative.md")
+    ap.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n_chit = args.chitchat or (600 if args.quick else 4000)
@@ -228,6 +229,28 @@ def write(args, source, train, tests, encode_s, decoders, results, speed, exampl
         parts = [f"{t}: {m['cos'] / ref[t]['cos']:.3f}×" for t, m in per.items() if t in ref]
         if parts:
             lines.append(f"- {dname}: " + ", ".join(parts))
+    chit = "chitchat (held out)"
+    hyb = next(n for n in results if n.startswith("hybrid"))
+    ret_m, hyb_m = results["ret"], results[hyb]
+    parts_best = max(results["ret"][chit]["cos"], results[bank_name][chit]["cos"])
+    lines += ["", "Targets (held-out chitchat / held-out answers):", "",
+              f"- ret ≤ 1M parameters: {decoders['ret']['params']:,} — "
+              f"{'met' if decoders['ret']['params'] <= 1_000_000 else 'missed'}",
+              f"- ret BLEU ≥ 20: {ret_m[chit]['bleu']:.1f} / {ret_m['chatterbot answers (held out)']['bleu']:.1f} — "
+              f"{'met' if min(m['bleu'] for m in ret_m.values()) >= 20 else 'missed'}",
+              f"- ret re-embedding cosine ≥ 0.85: {ret_m[chit]['cos']:.3f} / "
+              f"{ret_m['chatterbot answers (held out)']['cos']:.3f} — "
+              f"{'met' if min(m['cos'] for m in ret_m.values()) >= 0.85 else 'missed'}",
+              f"- hybrid re-embedding cosine ≥ 0.90: {hyb_m[chit]['cos']:.3f} / "
+              f"{hyb_m['chatterbot answers (held out)']['cos']:.3f} — "
+              f"{'met' if min(m['cos'] for m in hyb_m.values()) >= 0.90 else 'missed'}",
+              f"- hybrid above both parts (chitchat cosine {hyb_m[chit]['cos']:.3f} vs best part {parts_best:.3f}): "
+              f"{'met' if hyb_m[chit]['cos'] > parts_best else 'not strictly above'}"]
+    lines += ["", "Learning curves (held-out loss per epoch, nats/token):", ""]
+    for n in ("ret", "cct-mamba"):
+        h = decoders[n]["info"].get("history", [])
+        lines.append(f"- {n}: " + ", ".join(f"{r.get('val_loss', r['train_loss']):.2f}" for r in h)
+                     + f" (train loss last epoch {h[-1]['train_loss']:.2f})" if h else f"- {n}: –")
     lines += ["", "Decoding speed (sentences/s, batch of 64, same machine):", "",
               "| decoder | decode() | beam 4 |", "|---|---:|---:|"]
     for dname, s in speed.items():
@@ -239,6 +262,11 @@ def write(args, source, train, tests, encode_s, decoders, results, speed, exampl
             lines.append(f"  - {n}: “{h}”")
     lines.append("")
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    raw = {"results": results, "speed": speed, "train": len(train),
+           "decoders": {n: {"params": d["params"], "train_s": d["train_s"],
+                            "info": {k: v for k, v in d["info"].items()}} for n, d in decoders.items()}}
+    if args.json:
+        args.json.write_text(json.dumps(raw, indent=1, default=str), encoding="utf-8")
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
 
