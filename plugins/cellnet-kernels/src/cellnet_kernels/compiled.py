@@ -43,13 +43,25 @@ def compile_unavailable_reason(device_type: str = "cpu") -> str | None:
     return None
 
 
+def _raise_recompile_limit(limit: int) -> None:
+    """Every (cell type, field present, grad mode, shape) is a separate compiled variant of the one
+    ``functional_step``; past dynamo's limit (8 by default) it silently runs eagerly."""
+    import torch._dynamo.config as dcfg
+
+    for attr in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
+        if hasattr(dcfg, attr):
+            if getattr(dcfg, attr) < limit:
+                setattr(dcfg, attr, limit)
+            return
+
+
 class CompiledKernel:
     """``state [B,X,Y,Z,C]``, ``field | None`` → ``state + delta`` via a compiled fused step."""
 
     name = "compiled"
 
-    def __init__(self, mode: str = "default", dynamic: bool = False):
-        self.mode, self.dynamic = mode, dynamic
+    def __init__(self, mode: str = "default", dynamic: bool | None = None, recompile_limit: int = 64):
+        self.mode, self.dynamic, self.recompile_limit = mode, dynamic, int(recompile_limit)
         self.fallback_reason: str | None = None
         self._fused = FusedKernel()
         self._fn = None
@@ -65,6 +77,7 @@ class CompiledKernel:
                 self._fall_back(reason)
                 return None
         if self._fn is None:
+            _raise_recompile_limit(self.recompile_limit)
             mode = None if self.mode == "default" else self.mode
             self._fn = torch.compile(functional_step, mode=mode, dynamic=self.dynamic)
         return self._fn
@@ -93,4 +106,4 @@ class CompiledKernel:
 
 
 def build_compiled(cfg, ctx) -> CompiledKernel:
-    return CompiledKernel(mode=cfg.mode, dynamic=cfg.dynamic)
+    return CompiledKernel(mode=cfg.mode, dynamic=cfg.dynamic, recompile_limit=cfg.recompile_limit)

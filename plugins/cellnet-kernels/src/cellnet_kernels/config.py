@@ -7,7 +7,7 @@ default that is right for that use; build a kernel with options through the regi
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -39,7 +39,12 @@ class CompiledKernelConfig(ComponentConfig):
     name: Literal["compiled"] = "compiled"
     mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
         "default", description="torch.compile mode")
-    dynamic: bool = Field(False, description="compile for dynamic shapes (fewer recompiles, slower code)")
+    dynamic: Optional[bool] = Field(
+        None, description="dynamic shapes: null (torch's default: static first, dynamic after a shape "
+                          "change), true (dynamic from the start) or false (one compile per shape)")
+    recompile_limit: int = Field(64, ge=8, le=4096,
+                                 description="raise dynamo's per-function recompile limit to at least this "
+                                             "(each cell type, field present/absent and grad mode is a variant)")
 
 
 class CudaKernelConfig(ComponentConfig):
