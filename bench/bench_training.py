@@ -22,8 +22,21 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {
     "chatterbot": {"config": "configs/faq.yaml", "data": {"name": "chatterbot"}},
     "faq": {"config": "configs/faq.yaml", "data": {"name": "faq"}},
-    "chitchat": {"config": "configs/chitchat.yaml", "data": {"name": "chitchat", "max_pairs": 4000}},
+    "chitchat": {"config": "configs/chitchat.yaml", "data": {"name": "chitchat", "max_pairs": 1500}},
 }
+
+#: What the benchmark changes in the configs, and why: the ``permuted`` reshaper has no
+#: parameters and is an exact inverse, so with the NCA cell's zero-initialised residual update the
+#: lattice *starts* as the identity baseline and training moves it from there. The configs'
+#: ``surface`` reshaper learns ~220k input/output weights from scratch (val MRR 0.05 at epoch 0 on
+#: chatterbot) and needs far more epochs than this shared 2-core machine allows.
+BENCH_SETTINGS = [
+    "reshaper={name: permuted, shape: [4, 4, 4], channels: 6}",
+    "core.steps=4",
+    "decoder={name: nearest}",
+    "training.epochs=6", "training.batch_size=128", "training.lr=5.0e-3", "training.warmup_epochs=0.5",
+    "training.hard_negatives=0", "training.early_stopping=3",
+]
 
 
 def run_one(name: str, spec: dict, quick: bool, overrides: list[str]) -> dict:
@@ -40,11 +53,11 @@ def run_one(name: str, spec: dict, quick: bool, overrides: list[str]) -> dict:
     raw = read_yaml(ROOT / spec["config"])
     raw["data"] = dict(spec["data"])
     if quick:
-        raw["training"] = {**raw["training"], "epochs": 3}
+        overrides = ["training.epochs=2", *overrides]
         if name == "chitchat":
-            raw["data"]["max_pairs"] = 1500
+            raw["data"]["max_pairs"] = 600
     raw["device"] = "cpu"
-    raw = apply_overrides(raw, overrides)
+    raw = apply_overrides(raw, BENCH_SETTINGS + list(overrides))
     cfg = validate_run_config(reg, raw, source=f"{spec['config']} ({name})")
     pipe = Pipeline.build(cfg, reg)
     data = reg.build("dataset", cfg.data)
@@ -80,7 +93,7 @@ def markdown(results: list[dict], quick: bool) -> str:
     lines = ["## Training: lattice (dialogue + infonce) vs baselines", ""]
     lines.append(f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads (2 cores, shared with "
                  f"other jobs), torch {torch.__version__}, Python {platform.python_version()}."
-                 + (" **Quick run** (3 epochs, chitchat 1500 pairs)." if quick else ""))
+                 + (" **Quick run** (2 epochs, chitchat 600 pairs)." if quick else ""))
     lines.append("")
     lines.append("Teacher: MiniLM-L6 (`minilm`, 384-d, embeddings cached). Metrics on the held-out **test** "
                  "split: each test question's prediction ranks the test split's unique answers by cosine "

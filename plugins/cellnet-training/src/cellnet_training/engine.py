@@ -303,7 +303,12 @@ class Engine:
             seed_everything(run.seed)
             init = self.validate(model, val, loss_fn)
             if init:
-                run.log_metrics({"epoch": 0, **{f"val_{k}": v for k, v in init.items()}})
+                # the untrained model competes for "best" too: training must beat where it started
+                best_score, best_epoch = _score(init, cfg.val_metric), 0
+                best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+                if run.is_main:
+                    save_tensors(run_dir / BEST_WEIGHTS, best_state, metadata={"epoch": "0"})
+                run.log_metrics({"epoch": 0, **{f"val_{k}": v for k, v in init.items()}, "best_epoch": 0})
 
         stop_after = run.extras.get("stop_after_epoch")
         bar = progress(range(start_epoch, cfg.epochs + 1), desc=self.label, total=cfg.epochs,

@@ -140,7 +140,7 @@ def fake_config(training: dict, **sections) -> dict:
     cfg = {
         "seed": 0,
         "device": "cpu",
-        "data": {"name": "fake-wordmap"},
+        "data": {"name": "fake-wordmap", "n": 160},
         "encoder": {"name": "hashing", "dim": 48, "ngrams": 1},
         "reshaper": {"name": "flat", "shape": [4, 3, 1], "channels": 4},
         "core": {"name": "tiny-test-core"},
