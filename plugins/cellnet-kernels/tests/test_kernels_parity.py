@@ -18,6 +18,7 @@ NEIGHBOURHOODS = ("von-neumann", "18", "moore")
 BOUNDARIES = ("periodic", "walls", "reflecting", "absorbing")
 KERNELS = {
     "fused": lambda: FusedKernel(),
+    "fused-blocked": lambda: FusedKernel(block_cells=5),  # 2 cells × batch 2 per block: many uneven blocks
     "chunked": lambda: ChunkedKernel(slab=2),  # slabs of 2, 2, 1 planes: uneven last slab included
 }
 

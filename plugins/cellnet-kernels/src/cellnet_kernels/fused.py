@@ -220,8 +220,9 @@ class FusedKernel:
 
     name = "fused"
 
-    def __init__(self, reuse_buffers: bool = True):
+    def __init__(self, reuse_buffers: bool = True, block_cells: int = 4096):
         self.reuse_buffers = reuse_buffers
+        self.block_cells = int(block_cells)
         self._index: dict[tuple, torch.Tensor] = {}
         self._buffers: dict[tuple, _Buffers] = {}
 
@@ -245,38 +246,64 @@ class FusedKernel:
         idx = self.index((x, y, z), topology, state.device, has_field=has_field)
         grad = needs_grad(state, field, topology.edge_weight, cell=cell)
         state_rows = state.reshape(bsz, n, c)
+        kind = _cell_kind(cell)
         if grad or not self.reuse_buffers:
             parts = [state_rows] + ([field.reshape(bsz, n, c).to(state.dtype)] if has_field else [])
             parts.append(state_rows.new_zeros(bsz, 1, c))
             src = torch.cat(parts, dim=1)
             buf = src.index_select(1, idx).view(bsz, n, s, c)
-        else:
-            buf = self._gather_reusing(state_rows, field, idx, n, s)
-        delta = cell_delta(buf, k, has_field, cell, topology.edge_weight, inplace=not grad)
-        delta = delta.view_as(state)
-        if grad or delta.dtype != state.dtype or _cell_kind(cell) == "generic":  # generic: may alias buf
-            return state + delta
-        return delta.add_(state)  # delta is a fresh tensor: reuse it as the output
+            delta = cell_delta(buf, k, has_field, cell, topology.edge_weight, inplace=not grad, kind=kind)
+            return state + delta.view_as(state)
+        # no gradient: cell blocks of about block_cells, so the block's buffer and hidden layer stay in cache
+        src = self._source(state_rows, field, n)
+        blk = max(1, self.block_cells // bsz) if self.block_cells > 0 else n
+        ew = topology.edge_weight
+        out = torch.empty_like(state_rows)
+        for r0 in range(0, n, blk):
+            r1 = min(n, r0 + blk)
+            buf = self._block_buffer(bsz, (r1 - r0) * s, c, state)
+            torch.index_select(src, 1, idx[r0 * s:r1 * s], out=buf)
+            w = ew[r0:r1] if ew is not None and ew.dim() == 2 else ew
+            delta = cell_delta(buf.view(bsz, r1 - r0, s, c), k, has_field, cell, w, inplace=True, kind=kind)
+            if kind == "generic" or delta.dtype != state.dtype:  # a generic cell's delta may alias buf
+                delta = state_rows[:, r0:r1] + delta
+            else:
+                delta = delta.add_(state_rows[:, r0:r1])
+            out[:, r0:r1] = delta
+        return out.view_as(state)
 
-    def _gather_reusing(self, state_rows, field, idx, n, s) -> torch.Tensor:
+    def _source(self, state_rows, field, n) -> torch.Tensor:
+        """``src [B, R, C]`` (state rows, field rows, ghost row), kept between steps."""
         bsz, _, c = state_rows.shape
         has_field = field is not None
         rows = n * (2 if has_field else 1) + 1
-        key = (bsz, n, s, c, state_rows.dtype, str(state_rows.device))
+        key = ("src", bsz, rows, c, state_rows.dtype, str(state_rows.device))
         b = self._buffers.get(key)
         if b is None:
-            self._buffers.clear()  # one shape at a time: never hold stale big buffers
+            for old in [kk for kk in self._buffers if kk[0] == "src"]:
+                del self._buffers[old]  # one shape at a time: never hold stale big buffers
             src = state_rows.new_empty(bsz, rows, c)
             src[:, rows - 1].zero_()
-            b = _Buffers(src, state_rows.new_empty(bsz, n * s, c))
+            b = _Buffers(src, src)
             self._buffers[key] = b
         b.src[:, :n].copy_(state_rows)
         if has_field:
             if field is not b.field_ref or field._version != b.field_version:
                 b.src[:, n:2 * n].copy_(field.reshape(bsz, n, c))
                 b.field_ref, b.field_version = field, field._version
-        torch.index_select(b.src, 1, idx, out=b.buf)
-        return b.buf.view(bsz, n, s, c)
+        return b.src
+
+    def _block_buffer(self, bsz: int, rows: int, c: int, like: torch.Tensor) -> torch.Tensor:
+        key = ("buf", bsz, rows, c, like.dtype, str(like.device))
+        b = self._buffers.get(key)
+        if b is None:
+            if sum(kk[0] == "buf" for kk in self._buffers) >= 4:
+                for old in [kk for kk in self._buffers if kk[0] == "buf"]:
+                    del self._buffers[old]
+            buf = like.new_empty(bsz, rows, c)
+            b = _Buffers(buf, buf)
+            self._buffers[key] = b
+        return b.buf
 
     def clear(self) -> None:
         """Drop cached indices and buffers (e.g. before a much larger lattice)."""
@@ -284,8 +311,8 @@ class FusedKernel:
         self._buffers.clear()
 
     def __repr__(self) -> str:
-        return f"FusedKernel(reuse_buffers={self.reuse_buffers})"
+        return f"FusedKernel(reuse_buffers={self.reuse_buffers}, block_cells={self.block_cells})"
 
 
 def build_fused(cfg, ctx) -> FusedKernel:
-    return FusedKernel(reuse_buffers=cfg.reuse_buffers)
+    return FusedKernel(reuse_buffers=cfg.reuse_buffers, block_cells=cfg.block_cells)
