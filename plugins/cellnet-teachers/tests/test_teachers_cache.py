@@ -10,7 +10,7 @@ import torch
 from cellnet_core.cache import CachedEncoder, cache_clear, cache_info
 
 TEXTS = [f"sentence number {i} about {topic}" for i, topic in
-         enumerate(["tea", "music", "the weather", "trains", "cats", "dogs", "homework", "jazz"] * 25)]
+         enumerate(["tea", "music", "the weather", "trains", "cats", "dogs", "homework", "jazz"] * 15)]
 
 
 @pytest.fixture(scope="module")

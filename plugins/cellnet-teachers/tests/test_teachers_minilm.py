@@ -57,6 +57,9 @@ def test_max_length_truncates(registry):
 
 def test_progress_bar_on_long_encodes(minilm, monkeypatch):
     import cellnet_core.run
+    import cellnet_teachers.hf
+
+    monkeypatch.setattr(cellnet_teachers.hf, "PROGRESS_MIN_TEXTS", 12)  # the real threshold is 256 texts
 
     calls = []
 
@@ -65,7 +68,7 @@ def test_progress_bar_on_long_encodes(minilm, monkeypatch):
         return iterable
 
     monkeypatch.setattr(cellnet_core.run, "progress", fake_progress)
-    minilm.encode([f"w{i}" for i in range(10)])
+    minilm.encode([f"w{i}" for i in range(12)])
     assert not calls
-    minilm.encode([f"w{i}" for i in range(300)])
-    assert len(calls) == 1 and "300 texts" in calls[0]["desc"]
+    minilm.encode([f"w{i}" for i in range(13)])
+    assert len(calls) == 1 and "13 texts" in calls[0]["desc"]
