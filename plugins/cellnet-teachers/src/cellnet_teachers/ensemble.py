@@ -129,8 +129,8 @@ def build_ensemble(cfg: Any, ctx: Any) -> EnsembleEncoder:
         from cellnet_core.plugins import load
 
         ctx = BuildContext(registry=load()[1])
-    teachers = [ctx.registry.build("encoder", ctx.registry.config_for("encoder", sub, where=f"encoder.encoders[{i}]"), ctx)
-                for i, sub in enumerate(cfg.encoders)]
+    teachers = [ctx.registry.build("encoder", ctx.registry.config_for("encoder", sub, where=f"encoder.encoders[{i}]"),
+                                   ctx) for i, sub in enumerate(cfg.encoders)]
     return EnsembleEncoder(teachers, combine=cfg.combine, dim=cfg.dim, weights=cfg.weights,
                            seed=int(getattr(ctx, "seed", 0) or 0) + cfg.seed, normalize=cfg.normalize,
                            preprocess=cfg.preprocess, pca_dim=cfg.pca_dim)

