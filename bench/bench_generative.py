@@ -254,7 +254,8 @@ def write(args, source, train, tests, encode_s, decoders, results, speed, exampl
     lines += ["", "Decoding speed (sentences/s, batch of 64, same machine):", "",
               "| decoder | decode() | beam 4 |", "|---|---:|---:|"]
     for dname, s in speed.items():
-        lines.append(f"| {dname} | {s['n'] / s['decode']:.1f} | {s.get('beam_s', float('nan')):.1f} |")
+        beam = f"{s['beam_s']:.1f}" if "beam_s" in s else "–"
+        lines.append(f"| {dname} | {s['n'] / s['decode']:.1f} | {beam} |")
     lines += ["", "Examples (first three of each test set):", ""]
     for tname, ref_text, hyps in examples:
         lines.append(f"- *{tname}* — target: “{ref_text}”")
