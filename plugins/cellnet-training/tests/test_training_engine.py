@@ -186,3 +186,19 @@ def test_real_split_lattice_training_raises_val_mrr(fake_reg, tmp_path, monkeypa
     assert init["epoch"] == 0
     assert result.best_epoch > 0 and result.metrics["val_mrr"] > init["val_mrr"]
     assert any(not torch.equal(before[k], v) for k, v in pipe.state_tensors().items())
+
+
+def test_bf16_autocast_on_cpu_trains(make_run):
+    pipe, data, strategy, run = make_run({"name": "dialogue", **FAST, "epochs": 1, "mixed_precision": "bf16"})
+    r = strategy.fit(pipe, data, run())
+    assert math.isfinite(r.history[-1]["train_loss"])
+
+
+@pytest.mark.gpu
+def test_cuda_training_with_auto_mixed_precision(make_run):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    pipe, data, strategy, run = make_run({"name": "dialogue", **FAST}, device="cuda")
+    ctx = run()
+    r = strategy.fit(pipe, data, ctx)
+    assert r.metrics["val_mrr"] > ctx.read_metrics()[0]["val_mrr"]

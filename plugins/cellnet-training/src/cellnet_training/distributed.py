@@ -30,8 +30,10 @@ def setup(run: Any) -> None:
     if world <= 1 and not dist.is_initialized():
         return
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("CELLNET_DIST_BACKEND") != "gloo" \
-            else "gloo"
+        # nccl needs one GPU per process; otherwise (CPU, or more processes than GPUs) gloo
+        forced = os.environ.get("CELLNET_DIST_BACKEND")
+        use_nccl = torch.cuda.is_available() and torch.cuda.device_count() >= world
+        backend = forced or ("nccl" if use_nccl else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)

@@ -83,6 +83,11 @@ class PipelineModel:
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         self.pipeline.load_state_tensors(tensors)
 
+    def to_device(self, device: torch.device) -> None:
+        for m in self.pipeline.trainable_modules().values():
+            m.to(device)
+        self.pipeline.device = self.device = device
+
 
 class ModuleModel:
     """Adapts a plain ``nn.Module`` (the ``mlp`` baseline) to the loop."""
@@ -105,6 +110,10 @@ class ModuleModel:
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         self.module.load_state_dict(tensors)
+
+    def to_device(self, device: torch.device) -> None:
+        self.module.to(device)
+        self.device = device
 
 
 # -- seeds and RNG state -------------------------------------------------------------------------
@@ -258,6 +267,10 @@ class Engine:
         D.setup(run)
         rank, world = run.rank, run.world_size
         device = torch.device(model.device)
+        if world > 1 and device.type == "cuda" and torch.cuda.current_device() != (device.index or 0):
+            # one GPU per process: the pipeline was built on the default GPU before the group existed
+            device = torch.device("cuda", torch.cuda.current_device())
+            model.to_device(device)
         params = model.parameters()
         loss_fn = self._loss_fn()
         n = train.q.shape[0]
