@@ -324,9 +324,9 @@ class Engine:
                 run.log_metrics({"epoch": 0, **{f"val_{k}": v for k, v in init.items()}, "best_epoch": 0})
 
         stop_after = run.extras.get("stop_after_epoch")
-        bar = progress(range(start_epoch, cfg.epochs + 1), desc=self.label, total=cfg.epochs,
-                       initial=start_epoch - 1, disable=None if run.is_main else True) \
-            if run.is_main else range(start_epoch, cfg.epochs + 1)
+        epochs_left = range(start_epoch, cfg.epochs + 1)
+        bar = progress(epochs_left, desc=self.label, total=cfg.epochs, initial=start_epoch - 1) \
+            if run.is_main else epochs_left
         last_epoch = start_epoch - 1
         stopped_early = False
         try:
@@ -352,7 +352,6 @@ class Engine:
                             f"lower training.lr (now {cfg.lr:g}) or set training.grad_clip")
                     total += value * idx.numel()
                     count += idx.numel()
-                    del lr
                 metrics = self.validate(model, val, loss_fn)
                 row: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(1, count),
                                        "lr": sched.lr(epoch), "pairs": int(rows.numel())}
