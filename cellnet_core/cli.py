@@ -142,6 +142,11 @@ def cmd_train(args) -> int:
     if rank == 0:
         atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config_to_dict(config), sort_keys=False))
     t0 = time.perf_counter()
+    if world > 1 and "LOCAL_RANK" in os.environ:
+        import torch
+
+        if torch.cuda.is_available() and config.device in ("auto", "cuda"):
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # one GPU per process
     pipeline = Pipeline.build(config, registry)
     if rank == 0:
         print(f"run directory: {run_dir}", file=sys.stderr)
