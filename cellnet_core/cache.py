@@ -17,7 +17,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from cellnet_core.checkpoint import atomic_write_bytes
+from cellnet_core.checkpoint import atomic_write_bytes, atomic_write_text
+
+#: past this many shard files a cache merges what it has read into one
+MAX_SHARDS = 32
 
 
 def default_cache_dir() -> Path:
@@ -56,7 +59,11 @@ class EmbeddingCache:
             if shard.name in self._loaded:
                 continue
             try:
-                data = load(shard.read_bytes())
+                raw = shard.read_bytes()
+            except FileNotFoundError:  # merged away by another process meanwhile
+                continue
+            try:
+                data = load(raw)
                 with safe_open(str(shard), framework="pt") as fh:
                     meta = fh.metadata() or {}
                 keys = json.loads(meta["keys"])
@@ -98,10 +105,34 @@ class EmbeddingCache:
         name = f"{uuid.uuid4().hex}.safetensors"
         meta = {"keys": json.dumps(keys), "fingerprint": self.fingerprint}
         atomic_write_bytes(self.dir / name, save({"emb": emb}, metadata=meta))
-        (self.dir / "fingerprint.txt").write_text(self.fingerprint + "\n", encoding="utf-8")
+        if not (self.dir / "fingerprint.txt").exists():
+            atomic_write_text(self.dir / "fingerprint.txt", self.fingerprint + "\n")
         for k, row in zip(keys, emb):
             self._mem[k] = row
         self._loaded.add(name)
+        if len(self._loaded) > MAX_SHARDS:
+            self.compact()
+
+    def compact(self) -> None:
+        """Merge every shard this process has read into one (many small writes, e.g. ``cellnet ask``
+        in a loop, would otherwise leave one file per call). The merged shard is written before the
+        old ones are removed, so a reader never loses an embedding."""
+        import torch
+        from safetensors.torch import save
+
+        if not self._mem:
+            return
+        keys = list(self._mem)
+        emb = torch.stack([self._mem[k] for k in keys])
+        name = f"{uuid.uuid4().hex}.safetensors"
+        meta = {"keys": json.dumps(keys), "fingerprint": self.fingerprint}
+        atomic_write_bytes(self.dir / name, save({"emb": emb.contiguous()}, metadata=meta))
+        for old in self._loaded:
+            try:
+                (self.dir / old).unlink()
+            except FileNotFoundError:
+                pass
+        self._loaded = {name}
 
 
 class CachedEncoder:
@@ -172,6 +203,9 @@ def cache_clear(cache_dir: str | Path | None = None) -> int:
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if not root.exists():
         return 0
-    n = sum(1 for _ in root.rglob("*.safetensors"))
-    shutil.rmtree(root)
+    n = 0
+    # only the folders this cache made (a fingerprint.txt beside shards): never the rest of root
+    for d in [p for p in root.iterdir() if p.is_dir() and (p / "fingerprint.txt").exists()]:
+        n += sum(1 for _ in d.glob("*.safetensors"))
+        shutil.rmtree(d)
     return n

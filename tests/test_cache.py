@@ -65,3 +65,24 @@ def test_concurrent_writers_do_not_clobber(tmp_path):
 
 def test_empty_input(tmp_path):
     assert CachedEncoder(CountingFake(), tmp_path).encode([]).shape == (0, 32)
+
+
+def test_many_small_writes_are_merged(tmp_path, monkeypatch):
+    import cellnet_core.cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "MAX_SHARDS", 4)
+    enc = CachedEncoder(CountingFake(), tmp_path)
+    for i in range(10):
+        enc.encode([f"q{i}"])
+    assert len(list(tmp_path.rglob("*.safetensors"))) <= 4
+    fresh = CachedEncoder(CountingFake(), tmp_path)
+    fresh.encode([f"q{i}" for i in range(10)])
+    assert fresh.inner.texts_seen == 0
+
+
+def test_clear_removes_only_cache_folders(tmp_path):
+    (tmp_path / "unrelated").mkdir()
+    (tmp_path / "unrelated" / "keep.txt").write_text("mine")
+    CachedEncoder(CountingFake(), tmp_path).encode(["a"])
+    assert cache_clear(tmp_path) == 1
+    assert (tmp_path / "unrelated" / "keep.txt").read_text() == "mine"

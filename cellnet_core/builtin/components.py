@@ -144,6 +144,8 @@ class RetrievalStrategy:
     def fit(self, pipeline: Any, data: Any, run: Any) -> TrainResult:
         t0 = time.perf_counter()
         splits = ["train", "val"] if self.include_val else ["train"]
+        if hasattr(pipeline.encoder.inner, "fit"):  # fitted preprocessing: training texts only
+            pipeline.encoder.fit(data.texts("train"))
         answers = [p.answer for s in splits for p in data.pairs(s)]
         if not answers:
             answers = [t for s in splits for t in data.texts(s)]
