@@ -23,7 +23,7 @@ class FusedKernelConfig(ComponentConfig):
     block_cells: int = Field(4096, ge=0, le=1 << 31,
                              description="without gradients, compute about this many cells (batch included) "
                                          "at a time so that the gather buffer and hidden layer stay in cache; "
-                                         "0: the whole lattice at once")
+                                         "0: the whole lattice at once (always so on a GPU)")
 
 
 class ChunkedKernelConfig(ComponentConfig):

@@ -256,7 +256,9 @@ class FusedKernel:
             return state + delta.view_as(state)
         # no gradient: cell blocks of about block_cells, so the block's buffer and hidden layer stay in cache
         src = self._source(state_rows, field, n)
-        blk = max(1, self.block_cells // bsz) if self.block_cells > 0 else n
+        # blocking is a CPU cache optimisation; on a GPU it would only multiply kernel launches
+        blocked = self.block_cells > 0 and state.device.type == "cpu"
+        blk = max(1, self.block_cells // bsz) if blocked else n
         ew = topology.edge_weight
         out = torch.empty_like(state_rows)
         for r0 in range(0, n, blk):
