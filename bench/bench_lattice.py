@@ -128,7 +128,7 @@ def main() -> None:
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; load average {load:.1f} when the run ended "
         "(other jobs shared the machine's 2 cores: two full runs in the same hour differed by up to 5× on "
-        "8³–16³ rows, so read every number and ratio here as ±noise of that size; the fused kernel comes from cellnet-kernels, which has its own benchmark). "
+        "some rows, so read every number and ratio here as ±noise of that size; the fused kernel comes from cellnet-kernels, which has its own benchmark). "
         f"{'Quick run. ' if args.quick else ''}"
         f"Cell `{cell}` (hidden {hidden}), C = {channels}, von-neumann (K = 6), periodic, T = {steps} steps; "
         f"median of {repeats} runs after a warm-up. One cell-step = one cell updated once.",
