@@ -139,12 +139,13 @@ def plugin_versions() -> dict[str, str]:
 
 def write_manifest(run_dir: str | Path, files: Iterable[str | Path], extra: dict[str, Any] | None = None) -> dict:
     """Hash ``files`` (paths inside ``run_dir``) into ``manifest.json``."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()
     entries = {}
     for f in files:
         p = Path(f)
-        rel = p.relative_to(run_dir) if p.is_absolute() else p
-        full = run_dir / rel
+        # absolute, relative to the run directory, or relative to the working directory
+        full = p if p.is_absolute() else (run_dir / p if (run_dir / p).exists() else p.resolve())
+        rel = full.resolve().relative_to(run_dir)
         entries[str(rel)] = {"sha256": sha256_file(full), "bytes": full.stat().st_size}
     manifest = {"manifest_version": MANIFEST_VERSION, "plugins": plugin_versions(), "files": entries, **(extra or {})}
     atomic_write_json(run_dir / MANIFEST, manifest)

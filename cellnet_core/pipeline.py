@@ -190,7 +190,7 @@ class Pipeline:
         """Write config, weights, encoder/decoder artefacts and the manifest into ``run_dir``."""
         from cellnet_core.config import config_to_dict
 
-        run_dir = Path(run_dir)
+        run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
         save_tensors(run_dir / WEIGHTS, self.state_tensors(), metadata={"format": "cellnet-pipeline"})
@@ -199,7 +199,7 @@ class Pipeline:
             if hasattr(part, "save"):
                 written = part.save(run_dir / part_name) or []
                 files.extend(Path(p) for p in written)
-        files.extend(Path(run_dir / p) if not Path(p).is_absolute() else Path(p) for p in extra_files)
+        files.extend(Path(p).resolve() for p in extra_files)  # relative to the working directory
         info = {"device": str(self.device)}
         for attr in ("kernel_name", "kernel_choice"):
             if hasattr(self.core, attr):

@@ -98,3 +98,10 @@ def test_schema_and_cache(tmp_path, capsys):
     assert "properties" in json.loads((tmp_path / "s.json").read_text())
     assert main(["cache", "info"]) == 0
     assert main(["cache", "clear"]) == 0
+
+
+def test_relative_run_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("greet.yaml").write_text(CONFIG)
+    assert main(["train", "greet.yaml", "--run-dir", "rel/run"]) == 0
+    assert main(["ask", "rel/run", "hello"]) == 0
