@@ -78,3 +78,34 @@ def test_volume_round_trip_shapes():
     r = VolumeReshaper(10, (2, 3, 4), 2, out_dim=7)
     assert r.to_field(torch.randn(4, 10)).shape == (4, 2, 3, 4, 2)
     assert r.from_state(torch.randn(4, 2, 3, 4, 2)).shape == (4, 7)
+
+
+def test_surface_inverse_init_is_identity_through_an_untrained_lattice(registry):
+    """init 'inverse' (same face in and out): an untrained lattice returns the embedding exactly."""
+    import torch
+
+    from cellnet_core.builtin.components import HashingEncoder
+    from cellnet_core.cache import CachedEncoder
+    from cellnet_core.pipeline import BuildContext
+
+    ctx = BuildContext(registry=registry, device=torch.device("cpu"), seed=3,
+                       encoder=CachedEncoder(HashingEncoder(dim=40), enabled=False), embedding_dim=40)
+    r = registry.build("reshaper", {"name": "surface", "shape": [4, 4, 3], "channels": 4, "init": "inverse"}, ctx)
+    ctx.reshaper = r
+    core = registry.build("core", {"name": "lattice", "cell": {"name": "nca", "hidden": 8}, "steps": 3}, ctx)
+    emb = torch.randn(5, 40)
+    torch.testing.assert_close(r.from_state(core(r.to_field(emb))), emb, atol=1e-5, rtol=1e-5)
+
+
+def test_surface_inverse_needs_enough_points(registry):
+    import pytest
+    import torch
+
+    from cellnet_core.errors import ConfigError
+    from cellnet_core.pipeline import BuildContext
+
+    ctx = BuildContext(registry=registry, device=torch.device("cpu"), embedding_dim=384)
+    with pytest.raises(ConfigError, match="needs input points × channels ≥ D"):
+        registry.build("reshaper", {"name": "surface", "shape": [2, 2, 2], "channels": 4, "init": "inverse"}, ctx)
+    with pytest.raises(ConfigError, match="set out_face equal to in_face"):
+        registry.config_for("reshaper", {"name": "surface", "init": "inverse", "out_face": "z=-1"})

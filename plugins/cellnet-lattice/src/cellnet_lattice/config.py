@@ -138,6 +138,11 @@ class SurfaceReshaperConfig(ComponentConfig):
     in_face: Face = Field("z=0", description="input face (axis=0: first layer, axis=-1: last layer)")
     out_face: Optional[Face] = Field(None, description="output face; default: the face opposite in_face")
     out_dim: Optional[int] = Field(None, ge=1, le=65536, description="size D' of from_state; default D")
+    init: Literal["default", "inverse"] = Field(
+        "default", description="adapter initialisation: 'default' (PyTorch's); 'inverse': the input adapter "
+                               "gets orthonormal columns and the output adapter its transpose, so with "
+                               "out_face == in_face an untrained lattice returns the embedding exactly "
+                               "(training starts from the identity baseline); needs points×channels ≥ D")
 
     @field_validator("shape")
     @classmethod
@@ -145,6 +150,12 @@ class SurfaceReshaperConfig(ComponentConfig):
         if any(s < 1 or s > 1024 for s in v):
             raise ValueError(f"every size must be in 1..1024, got {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _inverse_same_face(self):
+        if self.init == "inverse" and self.out_face is not None and self.out_face != self.in_face:
+            raise ValueError("init 'inverse' reads back what was written: set out_face equal to in_face")
+        return self
 
 
 class VolumeReshaperConfig(ComponentConfig):

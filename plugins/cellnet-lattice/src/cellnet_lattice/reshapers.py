@@ -81,16 +81,39 @@ class SurfaceReshaper(nn.Module):
 
     def __init__(self, dim: int, shape: Sequence[int], channels: int, placement: str = "full",
                  fraction: float = 0.25, in_face: str = "z=0", out_face: str | None = None,
-                 out_dim: int | None = None, seed: int = 0):
+                 out_dim: int | None = None, seed: int = 0, init: str = "default"):
         super().__init__()
         self.shape = tuple(int(s) for s in shape)
         self.channels, self.dim = int(channels), int(dim)
         self.out_dim = int(out_dim or dim)
+        if init == "inverse":
+            out_face = out_face or in_face
         self.in_face, self.out_face = in_face, out_face or opposite_face(in_face)
         self.register_buffer("in_index", face_points(self.shape, self.in_face, placement, fraction, seed))
-        self.register_buffer("out_index", face_points(self.shape, self.out_face, placement, fraction, seed + 1))
+        if self.out_face == self.in_face:  # read back exactly the points written
+            self.register_buffer("out_index", self.in_index.clone())
+        else:
+            self.register_buffer("out_index", face_points(self.shape, self.out_face, placement, fraction, seed + 1))
         self.adapter_in = nn.Linear(self.dim, len(self.in_index) * self.channels)
         self.adapter_out = nn.Linear(len(self.out_index) * self.channels, self.out_dim)
+        if init == "inverse":
+            self._init_inverse(seed)
+
+    def _init_inverse(self, seed: int) -> None:
+        """adapter_in = Q (orthonormal columns), adapter_out = Qᵀ, biases 0: from_state(to_field(e)) = e."""
+        width = len(self.in_index) * self.channels
+        if width < self.dim or self.out_dim != self.dim:
+            from cellnet_core.errors import ConfigError
+
+            raise ConfigError(f"reshaper.init: 'inverse' needs input points × channels ≥ D and out_dim = D; "
+                              f"got {len(self.in_index)} × {self.channels} = {width} for D = {self.dim}")
+        g = torch.Generator().manual_seed(int(seed))
+        q, _ = torch.linalg.qr(torch.randn(width, self.dim, generator=g))
+        with torch.no_grad():
+            self.adapter_in.weight.copy_(q)
+            self.adapter_in.bias.zero_()
+            self.adapter_out.weight.copy_(q.T)
+            self.adapter_out.bias.zero_()
 
     @property
     def num_cells(self) -> int:
@@ -202,7 +225,8 @@ class PermutedReshaper(nn.Module):
 
 def build_surface(cfg, ctx) -> SurfaceReshaper:
     return SurfaceReshaper(ctx.embedding_dim, cfg.shape, cfg.channels, cfg.placement, cfg.fraction,
-                           cfg.in_face, cfg.out_face, cfg.out_dim, seed=getattr(ctx, "seed", 0) or 0)
+                           cfg.in_face, cfg.out_face, cfg.out_dim, seed=getattr(ctx, "seed", 0) or 0,
+                           init=cfg.init)
 
 
 def build_volume(cfg, ctx) -> VolumeReshaper:
