@@ -16,6 +16,7 @@ import json
 import platform
 import random
 import re
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -118,15 +119,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small data and short training (development)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the machine has 2 cores)")
-    ap.add_argument("--chitchat", type=int, default=None, help="chitchat training turns (default 4000; quick 600)")
+    ap.add_argument("--chitchat", type=int, default=None, help="chitchat training turns (default 15000; quick 600)")
     ap.add_argument("--budget", type=float, default=None,
-                    help="training seconds per generative decoder (default 330; quick 40)")
+                    help="training seconds per generative decoder (default 360; quick 40)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "generative.md")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    n_chit = args.chitchat or (600 if args.quick else 4000)
-    budget = args.budget or (40.0 if args.quick else 330.0)
+    n_chit = args.chitchat or (600 if args.quick else 15000)
+    budget = args.budget or (40.0 if args.quick else 360.0)
     n_test_chit = 100 if args.quick else 300
     t_start = time.perf_counter()
 
@@ -203,7 +204,7 @@ def write(args, source, train, tests, encode_s, decoders, results, speed, exampl
     lines = ["## Generative decoders (cellnet-generative)", "",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads (2-core VM shared with other "
              f"jobs while measured), torch {torch.__version__}, Python {platform.python_version()}. "
-             f"Run: `.venv/bin/python bench/bench_generative.py{' --quick' if args.quick else ''}` "
+             f"Run: `.venv/bin/python bench/bench_generative.py {' '.join(sys.argv[1:])}` "
              f"({total_s / 60:.1f} min in all). Teacher: {source}.", "",
              f"Data: {len(train)} training sentences (chatterbot-corpus English answers minus a held-out tenth, plus "
              f"chitchat-dataset turns of 2–20 words), embedded in {encode_s:.0f} s. Test: "
