@@ -91,11 +91,10 @@ def score(hyps: list[str], refs: list[str], target: torch.Tensor, encoder) -> di
 
 def teacher():
     from cellnet_core.cache import CachedEncoder
+    from cellnet_core.plugins import load
 
+    _, reg = load()
     try:
-        from cellnet_core.plugins import load
-
-        _, reg = load()
         enc = reg.build("encoder", {"name": "minilm"})
         source = "cellnet-teachers 'minilm'"
     except Exception as exc:  # noqa: BLE001 - fall back to sentence-transformers on the same weights
@@ -118,7 +117,8 @@ def teacher():
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small data and short training (development)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (the machine has 2 cores)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on the shared 2-core VM two threads were ~10x slower)")
     ap.add_argument("--chitchat", type=int, default=None, help="chitchat training turns (default 15000; quick 600)")
     ap.add_argument("--budget", type=float, default=None,
                     help="training seconds per generative decoder (default 360; quick 40)")
@@ -143,8 +143,9 @@ def main() -> None:
     test_emb = {k: enc.encode(v) for k, v in tests.items()}
     encode_s = time.perf_counter() - t0
 
-    ctx_cls = __import__("cellnet_core.pipeline", fromlist=["BuildContext"]).BuildContext
-    ctx = ctx_cls(registry=reg, device=torch.device("cpu"), seed=0, encoder=enc, embedding_dim=enc.dim)
+    from cellnet_core.pipeline import BuildContext
+
+    ctx = BuildContext(registry=reg, device=torch.device("cpu"), seed=0, encoder=enc, embedding_dim=enc.dim)
     bank_name = "phrasebank" if "phrasebank" in reg.names("decoder") else "nearest"
     bank = reg.build("decoder", {"name": bank_name}, ctx)
     t0 = time.perf_counter()
