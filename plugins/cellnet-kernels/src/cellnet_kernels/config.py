@@ -20,7 +20,7 @@ class FusedKernelConfig(ComponentConfig):
     name: Literal["fused"] = "fused"
     reuse_buffers: bool = Field(True, description="keep the gather buffers between steps when shapes match "
                                                   "and no gradient is needed")
-    block_cells: int = Field(4096, ge=0, le=1 << 31,
+    block_cells: int = Field(65536, ge=0, le=1 << 31,
                              description="without gradients, compute about this many cells (batch included) "
                                          "at a time so that the gather buffer and hidden layer stay in cache; "
                                          "0: the whole lattice at once (always so on a GPU)")

@@ -220,7 +220,7 @@ class FusedKernel:
 
     name = "fused"
 
-    def __init__(self, reuse_buffers: bool = True, block_cells: int = 4096):
+    def __init__(self, reuse_buffers: bool = True, block_cells: int = 65536):
         self.reuse_buffers = reuse_buffers
         self.block_cells = int(block_cells)
         self._index: dict[tuple, torch.Tensor] = {}
