@@ -15,10 +15,8 @@ import argparse
 import json
 import platform
 import random
-import re
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -60,23 +58,8 @@ def split(texts: list[str], n_test: int, n_train: int | None, seed: int) -> tupl
     return train[:n_train] if n_train else train, test
 
 
-# -- metrics ---------------------------------------------------------------------------------
-_TOK = re.compile(r"\w+|[^\w\s]")
-
-
-def _norm(t: str) -> list[str]:
-    return _TOK.findall(t.lower())
-
-
-def token_f1(hyp: str, ref: str) -> float:
-    h, r = _norm(hyp), _norm(ref)
-    if not h or not r:
-        return float(h == r)
-    common = sum((Counter(h) & Counter(r)).values())
-    if common == 0:
-        return 0.0
-    p, rc = common / len(h), common / len(r)
-    return 2 * p * rc / (p + rc)
+# -- metrics: the core's definitions (cellnet_core.metrics), shared by every benchmark ------------
+from cellnet_core.metrics import exact_match, token_f1  # noqa: E402
 
 
 def score(hyps: list[str], refs: list[str], target: torch.Tensor, encoder) -> dict[str, float]:
@@ -85,7 +68,7 @@ def score(hyps: list[str], refs: list[str], target: torch.Tensor, encoder) -> di
     cos = torch.nn.functional.cosine_similarity(encoder.encode(hyps), target).mean().item()
     return {"bleu": sacrebleu.corpus_bleu(hyps, [refs]).score,
             "f1": 100 * sum(token_f1(h, r) for h, r in zip(hyps, refs)) / len(refs),
-            "em": 100 * sum(_norm(h) == _norm(r) for h, r in zip(hyps, refs)) / len(refs),
+            "em": 100 * sum(exact_match(h, r) for h, r in zip(hyps, refs)) / len(refs),
             "cos": cos}
 
 

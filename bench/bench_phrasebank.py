@@ -22,10 +22,8 @@ import glob
 import os
 import platform
 import random
-import re
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -42,20 +40,7 @@ def rss_mib() -> float:
     return float("nan")
 
 
-_TOK = re.compile(r"\w+", re.UNICODE)
-
-
-def token_f1(hyp: str, ref: str) -> float:
-    h, r = _TOK.findall(hyp.lower()), _TOK.findall(ref.lower())
-    if not h and not r:
-        return 1.0
-    if not h or not r:
-        return 0.0
-    common = sum((Counter(h) & Counter(r)).values())
-    if common == 0:
-        return 0.0
-    p, rc = common / len(h), common / len(r)
-    return 2 * p * rc / (p + rc)
+from cellnet_core.metrics import token_f1  # noqa: E402  (the core's definition, shared by every benchmark)
 
 
 def load_encoder():
