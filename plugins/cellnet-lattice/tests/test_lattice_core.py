@@ -243,3 +243,21 @@ def test_wrong_field_shape_is_explained(make_core):
     core = make_core()
     with pytest.raises(ValueError, match=r"lattice expects a field \[B, 4, 4, 4, 4\]"):
         core(torch.randn(2, 4, 4, 3, 4))
+
+
+def test_kernel_options_reach_the_kernel_and_are_validated(registry):
+    import pytest
+    import torch
+
+    from cellnet_core.builtin.components import FlatReshaper
+    from cellnet_core.errors import ConfigError
+    from cellnet_core.pipeline import BuildContext
+
+    if "fused" not in registry.names("kernel"):
+        pytest.skip("cellnet-kernels not installed")
+    ctx = BuildContext(registry=registry, device=torch.device("cpu"))
+    ctx.reshaper = FlatReshaper(4 * 4 * 4 * 2, (4, 4, 4), 2)
+    core = registry.build("core", {"name": "lattice", "kernel": "fused", "kernel_options": {"block_cells": 16}}, ctx)
+    assert core.kernel.block_cells == 16
+    with pytest.raises(ConfigError, match=r"core\.kernel_options\.no_such: unknown field"):
+        registry.build("core", {"name": "lattice", "kernel": "fused", "kernel_options": {"no_such": 1}}, ctx)

@@ -97,6 +97,10 @@ class LatticeCoreConfig(ComponentConfig):
     kernel: registered_name("kernel", extra=("auto",)) = Field(  # type: ignore[valid-type]
         "auto", description="the step kernel by registered name, or auto (CUDA: cuda > fused > reference; "
                             "CPU: fused > reference)")
+    kernel_options: dict[str, Any] = Field(
+        default_factory=dict, description="options of the chosen kernel (e.g. {slab_cells: 262144} for chunked, "
+                                          "{amp: bf16} for cuda, {block_cells: 0} for fused); checked against "
+                                          "that kernel's config when the core is built")
     checkpoint_steps: bool = Field(False, description="gradient checkpointing over steps (less memory, "
                                                       "one extra forward)")
     state_clip: float = Field(0.0, ge=0.0, description="clamp the state to [-state_clip, state_clip] after "

@@ -204,7 +204,9 @@ def build_lattice(cfg, ctx) -> LatticeCore:
     if name == "auto":
         name = choose_kernel(ctx.registry, ctx.device)
         log.info("lattice: kernel auto → %s (device %s)", name, ctx.device or "cpu")
-    kernel = ctx.registry.build("kernel", {"name": name}, ctx)
+    kernel_cfg = ctx.registry.config_for("kernel", {"name": name, **cfg.kernel_options},
+                                         where="core.kernel_options")
+    kernel = ctx.registry.build("kernel", kernel_cfg, ctx)
     core = LatticeCore(shape, channels, cell, topology, kernel, steps=cfg.steps, injection=cfg.injection,
                        edge_weights=cfg.edge_weights, fire_rate=cfg.fire_rate, tol=cfg.tol,
                        patience=cfg.patience, checkpoint_steps=cfg.checkpoint_steps, state_clip=cfg.state_clip,
