@@ -82,14 +82,27 @@ class Topology:
         self.boundary = boundary
         self.offsets = neighbour_offsets(neighbourhood)
         self.edge_weight: torch.Tensor | None = None
-        X, Y, Z = self.shape
-        n = X * Y * Z
-        grid = torch.stack(torch.meshgrid(torch.arange(X), torch.arange(Y), torch.arange(Z), indexing="ij"), -1)
-        coords = grid.reshape(n, 1, 3) + self.offsets.reshape(1, -1, 3)  # [N, K, 3]
-        mapped = [_axis_map(coords[..., a], size, boundary) for a, size in enumerate(self.shape)]
-        outside = (mapped[0] < 0) | (mapped[1] < 0) | (mapped[2] < 0)
-        flat = mapped[0] * (Y * Z) + mapped[1] * Z + mapped[2]
-        self.index = torch.where(outside, torch.full_like(flat, n), flat).contiguous()
+        self._index: torch.Tensor | None = None
+        self._device = torch.device("cpu")
+
+    @property
+    def index(self) -> torch.Tensor:
+        """``LongTensor[N, K]``, built on first use: the fast kernels build their own gather
+        indices, and at 13.5M cells this one alone would take ~3 GiB and 15 s to make."""
+        if self._index is None:
+            X, Y, Z = self.shape
+            n = X * Y * Z
+            grid = torch.stack(torch.meshgrid(torch.arange(X), torch.arange(Y), torch.arange(Z), indexing="ij"), -1)
+            coords = grid.reshape(n, 1, 3) + self.offsets.detach().cpu().reshape(1, -1, 3)  # [N, K, 3]
+            mapped = [_axis_map(coords[..., a], size, self.boundary) for a, size in enumerate(self.shape)]
+            outside = (mapped[0] < 0) | (mapped[1] < 0) | (mapped[2] < 0)
+            flat = mapped[0] * (Y * Z) + mapped[1] * Z + mapped[2]
+            self._index = torch.where(outside, torch.full_like(flat, n), flat).contiguous().to(self._device)
+        return self._index
+
+    @index.setter
+    def index(self, value: torch.Tensor) -> None:
+        self._index = value
 
     # -- sizes ------------------------------------------------------------------------------
     @property
@@ -104,12 +117,14 @@ class Topology:
 
     @property
     def device(self) -> torch.device:
-        return self.index.device
+        return self._device
 
     def to(self, device: torch.device | str) -> "Topology":
         """Move the index tensors (in place) and return ``self``."""
+        self._device = torch.device(device)
         self.offsets = self.offsets.to(device)
-        self.index = self.index.to(device)
+        if self._index is not None:
+            self._index = self._index.to(device)
         return self
 
     def neighbour_counts(self) -> torch.Tensor:
