@@ -233,11 +233,6 @@ NOTES = """Why the targets are or are not met, and what was tried:
 - Gather: `index_select` of whole rows into the buffer was measured faster than "pad once + K
   strided slice copies" and than `roll` (docs/plugins/kernels.md); its backward (`index_add_`) is
   ~10% of forward+backward.
-- **The machine was shared**: other jobs kept the load average far above the 2 cores during this
-  run (see the load line above), so absolute numbers are several times below what the same code
-  does on an idle machine; with 2 intra-op threads every op waited for the second thread to be
-  scheduled, so the run used 1 thread (`--threads 1`). The ratios are measured interleaved and are
-  the fair comparison.
 """
 
 
@@ -251,9 +246,11 @@ def write_report(rows: list[dict], large: list | None, out: Path, quick: bool, l
     lines.append(f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                  f"{torch.get_num_threads()} threads, Python {platform.python_version()}; "
                  f"load average {load_before[0]:.1f} before / {load_after[0]:.1f} after the run "
-                 f"(the 2 cores were shared with other jobs: numbers are best-of-repeats and the ratios, "
-                 f"measured interleaved in the same run, are the meaningful part). "
-                 f"{'Quick run. ' if quick else ''}Command: `.venv/bin/python bench/bench_kernels.py"
+                 + ("(other jobs shared the 2 cores: absolute numbers are low; the ratios, measured "
+                    "interleaved in the same run, are the meaningful part). "
+                    if max(load_before[0], load_after[0]) > 2.5 else
+                    "(no other heavy job ran: numbers are best-of-repeats; ratios measured interleaved). ")
+                 + f"{'Quick run. ' if quick else ''}Command: `.venv/bin/python bench/bench_kernels.py"
                  f"{' --quick' if quick else ''}{' --compiled' if with_compiled else ''}"
                  f" --threads {torch.get_num_threads()}`"
                  + (f"; the speed rows were printed by that command and re-read with `--speed-from-log` while "
@@ -306,8 +303,8 @@ def write_report(rows: list[dict], large: list | None, out: Path, quick: bool, l
         lines.append("Kernel `chunked` (auto slab), batch 1, von-neumann, periodic, `no_grad`, field injected at "
                      "step 0; each row a fresh process so that ru_maxrss is its own. *kernel only*: the kernel "
                      "given just the geometry (shape, offsets, boundary) it reads; *with Topology*: the lattice "
-                     "plugin's `Topology` built first, as the lattice core does (it also builds an [N, K] int64 "
-                     "neighbour index that the fused/chunked kernels never read).")
+                     "plugin's `Topology` built first, as the lattice core does (its [N, K] neighbour index is built "
+                     "lazily, only if the reference gather asks for it, so it costs nothing here).")
         lines.append("")
         lines.append("Peak memory is `VmHWM` (the process's own peak RSS) and `ru_maxrss`; Linux carries "
                      "`ru_maxrss` over from the parent across fork+exec, so it is an upper bound here (the "

@@ -127,8 +127,9 @@ def main() -> None:
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; load average {load:.1f} when the run ended "
-        "(other jobs shared the machine's 2 cores: two full runs in the same hour differed by up to 5× on "
-        "some rows, so read every number and ratio here as ±noise of that size; the fused kernel comes from cellnet-kernels, which has its own benchmark). "
+        "(its own 2 threads count towards it; small lattices are noisy: runs on the shared machine differed "
+        "by up to 5× on some rows, so read small-lattice ratios as rough; the fused kernel comes from "
+        "cellnet-kernels, which has its own benchmark, docs/results/kernels.md). "
         f"{'Quick run. ' if args.quick else ''}"
         f"Cell `{cell}` (hidden {hidden}), C = {channels}, von-neumann (K = 6), periodic, T = {steps} steps; "
         f"median of {repeats} runs after a warm-up. One cell-step = one cell updated once.",
@@ -143,7 +144,7 @@ def main() -> None:
         cells = " | ".join(f"{rates[n] / 1e3:.1f}" for n in names)
         ratios = "".join(f" | {rates[n] / ref:.2f}×" for n in names[1:])
         lines.append(f"| {size}³ | {batch} | {kind} | {cells}{ratios} |")
-    lines += ["", "32³ with batch 16 was left out (too slow for the shared 2-core machine).",
+    lines += ["", "32³ with batch 16 is left out (it takes minutes per row on 2 cores).",
               "", f"Parameters per cell type (C = {channels}; the cell is shared by every lattice site):", "",
               "| cell | hidden | neighbourhood | K | parameters |", "|---|---|---|---|---|"]
     lines += [f"| {n} | {h} | {nb} | {k} | {p:,} |" for n, h, nb, k, p in params]
