@@ -105,3 +105,15 @@ def test_relative_run_dir(tmp_path, monkeypatch):
     Path("greet.yaml").write_text(CONFIG)
     assert main(["train", "greet.yaml", "--run-dir", "rel/run"]) == 0
     assert main(["ask", "rel/run", "hello"]) == 0
+
+
+DATA = Path(__file__).resolve().parents[1] / "plugins" / "cellnet-datasets" / "tests" / "data"
+
+
+@pytest.mark.parametrize("name,key", [("pairs.jsonl", "mrr"), ("pairs.csv", "mrr"), ("selection.jsonl", "map")])
+def test_eval_on_a_user_file(trained_run, capsys, name, key):
+    assert main(["eval", str(trained_run), "--data", str(DATA / name), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["data"].endswith(name) and out["questions"] > 0
+    run = out["rows"][0]
+    assert run["name"] == "run" and 0.0 <= run[key] <= 1.0
