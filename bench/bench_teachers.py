@@ -104,9 +104,10 @@ def main() -> int:
 
                 st = SentenceTransformer(str(minilm_path()), device="cpu")
                 st.encode(["warm up"])
-                st_emb, t_st, cpu_st = timed_cpu(lambda: st.encode(texts, batch_size=64, convert_to_tensor=True))
+                st_emb, t_st, cpu_st = timed_cpu(lambda: st.encode(texts, batch_size=enc.batch_size,
+                                                                   convert_to_tensor=True))
                 cos = torch.nn.functional.cosine_similarity(emb, st_emb.float().cpu()).min().item()
-                ref = (f"{len(texts) / t_st:.1f}/s wall, {len(texts) / cpu_st:.1f}/CPU-s; ours/ST "
+                ref = (f"batch {enc.batch_size}: {len(texts) / t_st:.1f}/s wall, {len(texts) / cpu_st:.1f}/CPU-s; ours/ST "
                        f"{t_st / t_cold:.2f}× wall, {cpu_st / cpu_cold:.2f}× CPU; min cos {cos:.5f}")
             rows.append({"encoder": enc_name, "corpus": corpus, "n": len(texts), "build_s": t_build,
                          "cold": len(texts) / t_cold, "cold_cpu": len(texts) / cpu_cold, "cached": len(texts) / t_warm, "ref": ref or "–"})
@@ -120,9 +121,8 @@ def main() -> int:
         f"({torch.get_num_threads()} threads), Python {platform.python_version()}; "
         f"{'quick run' if args.quick else 'full run'} of `bench/bench_teachers.py`, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
-        f"Load average (1/5/15 min) before: {load_before}, after: {load_after} — the machine was shared with "
-        "other jobs while this ran, so absolute rates are lower than on an idle machine; the ratios in a row "
-        "are measured back to back.",
+        f"Load average (1/5/15 min) before: {load_before}, after: {load_after} (the benchmark's own threads "
+        "count towards it); the ratios in a row are measured back to back.",
         "",
         "Sentences per second. *cold*: the model encodes every text (the embedding cache is empty); "
         "*cached*: a fresh `CachedEncoder` reads the same texts from the on-disk cache. *per CPU-second*: "

@@ -75,6 +75,9 @@ class MiniLMEncoderConfig(TransformerFields):
     name: Literal["minilm"] = "minilm"
     max_length: int | None = Field(256, ge=1, le=512, description="tokens per text (the model was trained "
                                    "with 256, as sentence-transformers uses it); at most 512")
+    batch_size: int = Field(16, ge=1, le=4096, description="texts per forward pass; 16 is the fastest measured "
+                            "on the 2-core CPU (182 texts/s vs 108 at 64: attention cost grows with the batch's "
+                            "longest text); raise it on a GPU")
 
 
 class SmolLM2EncoderConfig(PreprocessingFields):
