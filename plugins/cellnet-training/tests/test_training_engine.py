@@ -202,3 +202,29 @@ def test_cuda_training_with_auto_mixed_precision(make_run):
     ctx = run()
     r = strategy.fit(pipe, data, ctx)
     assert r.metrics["val_mrr"] > ctx.read_metrics()[0]["val_mrr"]
+
+
+def test_lr_scale_freezes_a_part_and_scales_another(make_run):
+    from cellnet_training.engine import _param_groups
+
+    class TwoParts:
+        def __init__(self):
+            self.a, self.b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+
+        def named_parts(self):
+            return {"reshaper": list(self.a.parameters()), "core": list(self.b.parameters())}
+
+    m = TwoParts()
+    params = [*m.a.parameters(), *m.b.parameters()]
+    groups = _param_groups(m, params, {"reshaper": 0.1})
+    assert [g["lr_scale"] for g in groups] == [0.1, 1.0]
+    groups = _param_groups(m, params, {"reshaper": 0.0})
+    assert len(groups) == 1 and groups[0]["params"] == list(m.b.parameters())
+    with pytest.raises(CellnetError, match="every trainable part is frozen"):
+        _param_groups(m, params, {"reshaper": 0, "core": 0})
+    # on a real run: a frozen core keeps its weights bit for bit
+    pipe, data, strategy, run = make_run({"name": "dialogue", **FAST, "epochs": 1, "lr_scale": {"core": 0}})
+    with pytest.raises(CellnetError, match="frozen|not a trainable part"):
+        strategy.fit(pipe, data, run())
+    with pytest.raises(Exception, match="lr_scale"):
+        make_run({"name": "dialogue", **FAST, "lr_scale": {"decoder": 2}})

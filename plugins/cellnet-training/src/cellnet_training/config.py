@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -38,6 +38,9 @@ class OptimisationConfig(ComponentConfig):
     min_lr_ratio: float = Field(0.05, ge=0.0, le=1.0, description="cosine schedule ends at this fraction of lr")
     plateau_factor: float = Field(0.5, gt=0.0, lt=1.0, description="plateau schedule: lr multiplier on a plateau")
     plateau_patience: int = Field(2, ge=0, le=1000, description="plateau schedule: epochs without improvement")
+    lr_scale: dict[Literal["reshaper", "core"], Annotated[float, Field(ge=0.0, le=1000.0)]] = Field(
+        default_factory=dict, description="learning-rate multiplier per pipeline part, e.g. {reshaper: 0.1}; "
+                                          "0 freezes that part (default: 1 for every part)")
     grad_clip: float = Field(1.0, ge=0.0, le=1.0e6, description="clip the gradient norm to this (0: off)")
     mixed_precision: Literal["auto", "off", "bf16", "fp16"] = Field(
         "auto", description="autocast: auto = bf16 on CUDA devices that support it, off on CPU")

@@ -74,6 +74,11 @@ class PipelineModel:
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.pipeline.parameters() if p.requires_grad]
 
+    def named_parts(self) -> dict[str, list[torch.nn.Parameter]]:
+        """Trainable parameters per pipeline part (``reshaper``, ``core``), for per-part lr scales."""
+        return {name: [p for p in m.parameters() if p.requires_grad]
+                for name, m in self.pipeline.trainable_modules().items()}
+
     def train(self, mode: bool = True) -> None:
         self.pipeline.train(mode)
 
@@ -228,6 +233,32 @@ def _score(metrics: dict[str, float], name: str) -> float:
     return -metrics["loss"] if name == "loss" else metrics[name]
 
 
+def _param_groups(model: Any, params: list[torch.nn.Parameter],
+                  scales: dict[str, float]) -> list[dict[str, Any]]:
+    """One optimiser group per pipeline part named in ``scales`` (lr multiplied), the rest in one group.
+
+    A part with scale 0 is frozen (its parameters are left out of the optimiser)."""
+    if not scales or not hasattr(model, "named_parts"):
+        return [{"params": params, "lr_scale": 1.0}]
+    parts = model.named_parts()
+    unknown = sorted(set(scales) - set(parts))
+    if unknown:
+        raise CellnetError(f"training.lr_scale: {', '.join(unknown)} is not a trainable part of this pipeline "
+                           f"(trainable: {', '.join(sorted(parts)) or 'none'})")
+    groups, seen = [], set()
+    for name, ps in parts.items():
+        seen.update(id(p) for p in ps)
+        scale = float(scales.get(name, 1.0))
+        if ps and scale > 0:
+            groups.append({"params": ps, "lr_scale": scale})
+    rest = [p for p in params if id(p) not in seen]
+    if rest:
+        groups.append({"params": rest, "lr_scale": 1.0})
+    if not groups:
+        raise CellnetError("training.lr_scale: every trainable part is frozen (scale 0); nothing would train")
+    return groups
+
+
 # -- the loop -----------------------------------------------------------------------------------------
 @dataclass
 class Engine:
@@ -277,10 +308,11 @@ class Engine:
         steps_nominal = max(1, math.ceil(n / cfg.batch_size))
         run_dir = Path(run.run_dir)
 
+        groups = _param_groups(model, params, getattr(cfg, "lr_scale", {}) or {})
         if cfg.optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
+            opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
         else:
-            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+            opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                   weight_decay=cfg.weight_decay) if params else None
         sched = Schedule(cfg)
         amp_ctx, scaler = _autocast(cfg, device)
@@ -435,7 +467,7 @@ class Engine:
         if not torch.isfinite(loss):
             return loss.detach()
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         opt.zero_grad(set_to_none=False)
         if scaler is not None:
             scaler.scale(loss).backward()
