@@ -1,7 +1,8 @@
 """Benchmark of the training plugin: the lattice trained with dialogue + infonce beside the identity,
-mean, ridge and equal-size MLP baselines, on held-out test splits of chatterbot, faq and chitchat.
+mean, ridge and equal-size MLP baselines and a steps-0 ablation, on held-out test splits of chatterbot,
+faq and chitchat, over several seeds with a paired bootstrap of every MRR difference.
 
-    .venv/bin/python bench/bench_training.py [--quick] [--out docs/results/training.md]
+    .venv/bin/python bench/bench_training.py [--quick] [--seeds 5] [--out docs/results/training.md]
 
 Real MiniLM embeddings (through the disk cache), real data, real training on 2 CPU threads.
 Writes a markdown fragment with one table per dataset and the lattice / baseline ratios.
@@ -37,9 +38,10 @@ BENCH_SETTINGS = [
 ]
 
 
-def run_one(name: str, spec: dict, quick: bool, overrides: list[str]) -> dict:
-    import torch
+def run_one(name: str, spec: dict, quick: bool, overrides: list[str], baselines: str = "all") -> dict:
+    """Train the default pipeline once (``overrides`` applied) and evaluate it on the test split.
 
+    ``baselines``: ``all`` (identity, mean, ridge, mlp), ``mlp`` (the seed-dependent one only) or ``none``."""
     from cellnet_core.config import apply_overrides, read_yaml, validate_run_config
     from cellnet_core.evaluation import IdentityBaseline, MeanBaseline, RidgeBaseline, evaluate_pairs
     from cellnet_core.pipeline import Pipeline
@@ -70,23 +72,75 @@ def run_one(name: str, spec: dict, quick: bool, overrides: list[str]) -> dict:
         result = strategy.fit(pipe, data, RunContext(Path(tmp) / "run", seed=cfg.seed))
         train_s = time.perf_counter() - t0
     mlp = MLPBaseline()
-    out = evaluate_pairs(pipe, train, test, [IdentityBaseline(), MeanBaseline(), RidgeBaseline(), mlp],
-                         max_questions=cfg.eval.max_questions)
+    base = {"all": [IdentityBaseline(), MeanBaseline(), RidgeBaseline(), mlp], "mlp": [mlp], "none": []}[baselines]
+    out = evaluate_pairs(pipe, train, test, base, max_questions=cfg.eval.max_questions, return_ranks=True)
     rows = out["rows"]
     rows[0]["name"] = "lattice"
     rows[0]["seconds"] = train_s
+    ranks = dict(out["ranks"])
+    ranks["lattice"] = ranks.pop("run")
     return {
-        "dataset": name, "train_pairs": len(train), "test_questions": out["questions"],
+        "dataset": name, "seed": cfg.seed, "train_pairs": len(train), "test_questions": out["questions"],
         "candidates": out["candidates"], "params": sum(p.numel() for p in pipe.parameters()),
         "mlp_params": mlp.n_params, "epochs": result.epochs, "best_epoch": result.best_epoch,
         "val": {k: v for k, v in result.metrics.items() if k.startswith("val_")},
-        "rows": rows, "training": json.loads(cfg.training.model_dump_json()),
+        "rows": rows, "ranks": ranks, "training": json.loads(cfg.training.model_dump_json()),
         "reshaper": json.loads(cfg.reshaper.model_dump_json()), "core": json.loads(cfg.core.model_dump_json()),
     }
 
 
+#: The ablation: the same pipeline with a lattice of 0 steps, i.e. the trained reshaper alone (its
+#: adapters are a learned linear map in and out of the lattice). If the lattice only ties it, the
+#: lattice's steps are not what learns.
+ABLATION = ("reshaper only (steps 0)", ["core.steps=0"])
+METRICS = ("recall@1", "recall@10", "mrr", "cosine", "seconds")
+
+
+def run_dataset(name: str, spec: dict, quick: bool, overrides: list[str], seeds: int) -> dict:
+    """Lattice, the steps-0 ablation and the MLP over ``seeds`` training seeds; the deterministic
+    baselines once. Per model: each seed's metric row and per-question reciprocal ranks."""
+    runs: dict[str, list[dict]] = {}
+    rr: dict[str, list[list[float]]] = {}
+    first = None
+    for seed in range(seeds):
+        r = run_one(name, spec, quick, [*overrides, f"seed={seed}"], baselines="all" if seed == 0 else "mlp")
+        first = first or r
+        for row in r["rows"]:
+            runs.setdefault(row["name"], []).append(row)
+            rr.setdefault(row["name"], []).append([1.0 / k for k in r["ranks"][row["name"]]])
+        a = run_one(name, spec, quick, [*overrides, f"seed={seed}", *ABLATION[1]], baselines="none")
+        runs.setdefault(ABLATION[0], []).append(a["rows"][0])
+        rr.setdefault(ABLATION[0], []).append([1.0 / k for k in a["ranks"]["lattice"]])
+        runs["lattice"][-1]["best_epoch"] = r["best_epoch"]
+        runs[ABLATION[0]][-1]["best_epoch"] = a["best_epoch"]
+        print(f"  {name} seed {seed}: lattice mrr {r['rows'][0]['mrr']:.3f} (best epoch {r['best_epoch']}), "
+              f"{ABLATION[0]} {a['rows'][0]['mrr']:.3f}, mlp {runs['mlp'][-1]['mrr']:.3f}", file=sys.stderr, flush=True)
+    # per-question reciprocal rank averaged over seeds: one paired sample per test question
+    mean_rr = {k: [sum(col) / len(col) for col in zip(*v)] for k, v in rr.items()}
+    first = dict(first)
+    first.pop("rows"), first.pop("ranks")
+    return {**first, "seeds": seeds, "runs": runs, "mean_rr": mean_rr}
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    return m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+
+
+def _cell(xs: list[float], digits: int = 3) -> str:
+    m, s = _mean_std(xs)
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(xs) > 1 else f"{m:.{digits}f}"
+
+
+#: |ΔMRR| below this is float noise (e.g. an untrained lattice vs identity), not a difference.
+MIN_EFFECT = 0.001
+COMPARISONS = [("lattice", "identity"), ("lattice", "mlp"), ("lattice", ABLATION[0]), ("mlp", "identity")]
+
+
 def markdown(results: list[dict], quick: bool) -> str:
     import torch
+
+    from cellnet_core.metrics import paired_bootstrap
 
     lines = ["## Training: lattice (dialogue + infonce) vs baselines", ""]
     lines.append(f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads (2 cores, shared with "
@@ -99,11 +153,22 @@ def markdown(results: list[dict], quick: bool) -> str:
                  "prediction and the true answer embedding. Baselines are fitted on the same training pairs "
                  "in the same run: `identity` (the question's own embedding), `mean` (mean training answer), "
                  "`ridge` (closed form), `mlp` (residual MLP with the lattice run's parameter count, trained "
-                 "with the same loss/optimiser/schedule/epochs, no early stopping). Time = training seconds "
-                 "(lattice: the whole strategy incl. per-epoch validation; baselines: fit).")
+                 "with the same loss/optimiser/schedule/epochs, no early stopping). The ablation "
+                 f"`{ABLATION[0]}` is the default pipeline with `core.steps=0`: only the reshaper's learned "
+                 "adapters in and out of the lattice train. Trained models run with several seeds (same split, "
+                 "different initialisation and batch order): cells are mean ± standard deviation over seeds. "
+                 "Time = training seconds (lattice: the whole strategy incl. per-epoch validation; "
+                 "baselines: fit).")
+    lines.append("")
+    lines.append("Significance: a paired bootstrap (10,000 resamples of the test questions) of the MRR "
+                 "difference, each question's reciprocal rank averaged over the seeds first. A difference "
+                 "whose 95% interval contains 0 is within noise; p = share of resamples without a gain; "
+                 f"|ΔMRR| < {MIN_EFFECT} counts as the same ranks.")
     lines.append("")
     for r in results:
         tr = r["training"]
+        runs = r["runs"]
+        best = [row["best_epoch"] for row in runs["lattice"]]
         lines.append(f"### {r['dataset']}")
         lines.append("")
         lines.append(f"{r['train_pairs']} training pairs, {r['test_questions']} test questions, "
@@ -112,28 +177,23 @@ def markdown(results: list[dict], quick: bool) -> str:
                      f"`{r['core']['cell']['name']}` (hidden {r['core']['cell'].get('hidden')}), "
                      f"{r['core']['steps']} steps; {r['params']:,} trainable parameters (mlp: {r['mlp_params']:,}). "
                      f"Training: {tr['epochs']} epochs max, batch {tr['batch_size']}, lr {tr['lr']}, "
-                     f"loss {tr['loss']}, hard negatives {tr['hard_negatives']}; stopped after epoch "
-                     f"{r['epochs']}, best epoch {r['best_epoch']} (val MRR {r['val'].get('val_mrr', float('nan')):.3f}).")
+                     f"loss {tr['loss']}, hard negatives {tr['hard_negatives']}; {r['seeds']} seeds, "
+                     f"best epoch per seed {best} (epoch 0 = untrained, which is the identity).")
         lines.append("")
-        lines.append("| model | recall@1 | recall@10 | MRR | cosine | time (s) |")
-        lines.append("|---|---:|---:|---:|---:|---:|")
-        for row in r["rows"]:
-            lines.append(f"| {row['name']} | {row['recall@1']:.3f} | {row['recall@10']:.3f} | {row['mrr']:.3f} | "
-                         f"{row['cosine']:.3f} | {row.get('seconds', 0.0):.1f} |")
-        by = {row["name"]: row for row in r["rows"]}
-        lat = by["lattice"]
-        ratios = []
-        for base in ("identity", "ridge", "mlp"):
-            b = by.get(base)
-            if b and b["mrr"] > 0:
-                ratios.append(f"MRR lattice/{base} = {lat['mrr'] / b['mrr']:.2f}")
-        verdict = []
-        verdict.append("beats identity on recall@1 and MRR" if lat["recall@1"] > by["identity"]["recall@1"]
-                       and lat["mrr"] > by["identity"]["mrr"] else "**does not beat identity on recall@1 and MRR**")
-        verdict.append("is not worse than the equal-size MLP (MRR)" if lat["mrr"] >= by["mlp"]["mrr"]
-                       else "**is worse than the equal-size MLP (MRR)**")
+        lines.append("| model | seeds | recall@1 | recall@10 | MRR | cosine | time (s) |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|")
+        for model, rows in runs.items():
+            cells = [_cell([row.get(m, 0.0) for row in rows], 1 if m == "seconds" else 3) for m in METRICS]
+            lines.append(f"| {model} | {len(rows)} | " + " | ".join(cells) + " |")
         lines.append("")
-        lines.append(f"Ratios: {', '.join(ratios)}. Target check: the lattice {' and '.join(verdict)}.")
+        lines.append("| comparison | ΔMRR | 95% interval | p (no gain) | verdict |")
+        lines.append("|---|---:|---:|---:|---|")
+        for a, b in COMPARISONS:
+            bs = paired_bootstrap(r["mean_rr"][a], r["mean_rr"][b])
+            verdict = ("same ranks" if abs(bs["diff"]) < MIN_EFFECT else "**better**" if bs["lo"] > 0
+                       else "**worse**" if bs["hi"] < 0 else "within noise")
+            lines.append(f"| {a} − {b} | {bs['diff']:+.3f} | [{bs['lo']:+.3f}, {bs['hi']:+.3f}] | "
+                         f"{bs['p']:.2f} | {verdict} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -144,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "docs/results/training.md"))
     ap.add_argument("--datasets", default="chatterbot,faq,chitchat")
     ap.add_argument("--set", action="append", default=[], help="config override for every dataset, a.b=value")
+    ap.add_argument("--seeds", type=int, default=5, help="training seeds per trained model (default 5)")
     ap.add_argument("--json", help="also write the raw results here")
     args = ap.parse_args(argv)
 
@@ -153,12 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.datasets.split(","):
         t0 = time.perf_counter()
-        results.append(run_one(name, DATASETS[name], args.quick, args.set))
+        results.append(run_dataset(name, DATASETS[name], args.quick, args.set, max(1, args.seeds)))
         print(f"{name}: done in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
-        for row in results[-1]["rows"]:
-            print(f"  {row['name']:10s} r@1 {row['recall@1']:.3f} r@10 {row['recall@10']:.3f} "
-                  f"mrr {row['mrr']:.3f} cos {row['cosine']:.3f} {row.get('seconds', 0):.1f}s",
-                  file=sys.stderr, flush=True)
     text = markdown(results, args.quick)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text, encoding="utf-8")

@@ -97,6 +97,7 @@ class EvalRow:
     mrr: float
     cosine: float
     extra: dict[str, float] = field(default_factory=dict)
+    ranks: list[int] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "recall@1": self.recall_at_1, "recall@10": self.recall_at_10,
@@ -110,7 +111,7 @@ def rank_metrics(name: str, pred, cand, targets: Sequence[int], true_a) -> EvalR
     cand = torch.nn.functional.normalize(cand.float(), dim=-1)
     ranks = M.ranks_of_targets(pred @ cand.T, targets)
     return EvalRow(name, M.recall_at_k(ranks, 1), M.recall_at_k(ranks, 10), M.mrr(ranks),
-                   float(M.cosine(pred, true_a).mean()))
+                   float(M.cosine(pred, true_a).mean()), ranks=list(ranks))
 
 
 def predict_run(pipeline, q, batch: int = 256):
@@ -125,8 +126,12 @@ def predict_run(pipeline, q, batch: int = 256):
 
 
 def evaluate_pairs(pipeline, train_pairs, test_pairs, baselines: Sequence[Baseline] = (),
-                   candidate_pool: Sequence[str] | None = None, max_questions: int = 2000) -> dict[str, Any]:
-    """Metrics of the run and each baseline on ``test_pairs``."""
+                   candidate_pool: Sequence[str] | None = None, max_questions: int = 2000,
+                   return_ranks: bool = False) -> dict[str, Any]:
+    """Metrics of the run and each baseline on ``test_pairs``.
+
+    With ``return_ranks`` the result also holds ``ranks``: per row name, the 1-based rank of each test
+    question's true answer (for paired significance tests, :func:`cellnet_core.metrics.paired_bootstrap`)."""
     test_pairs = list(test_pairs)[:max_questions]
     if not test_pairs:
         from cellnet_core.errors import DataError
@@ -155,8 +160,10 @@ def evaluate_pairs(pipeline, train_pairs, test_pairs, baselines: Sequence[Baseli
             row = rank_metrics(b.name, b.predict(q).detach().cpu(), cand, targets, true_a)
             row.extra["seconds"] = time.perf_counter() - t0
             rows.append(row)
-    return {"questions": len(test_pairs), "candidates": len(answers),
-            "rows": [r.as_dict() for r in rows]}
+    out = {"questions": len(test_pairs), "candidates": len(answers), "rows": [r.as_dict() for r in rows]}
+    if return_ranks:
+        out["ranks"] = {r.name: r.ranks for r in rows}
+    return out
 
 
 def evaluate_selection(pipeline, items, baselines: Sequence[Baseline] = (), train_pairs=()) -> dict[str, Any]:

@@ -34,6 +34,23 @@ def mrr(ranks: Sequence[int]) -> float:
     return sum(1.0 / r for r in ranks) / len(ranks) if ranks else 0.0
 
 
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = 10000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, float]:
+    """Paired bootstrap of ``mean(a) - mean(b)`` over items (e.g. per-question reciprocal ranks of two
+    models on the same test questions): the difference, its ``level`` confidence interval and the share
+    of resamples where ``a`` does not beat ``b`` (a one-sided p-value)."""
+    import torch
+
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"paired_bootstrap: need two equally long, non-empty lists (got {len(a)} and {len(b)})")
+    d = torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(d), (resamples, len(d)), generator=g)
+    means = d[idx].mean(dim=1)
+    lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
+    return {"diff": float(d.mean()), "lo": lo, "hi": hi, "p": float((means <= 0).double().mean())}
+
+
 def average_precision(scores: Sequence[float], labels: Sequence[int]) -> float:
     """AP of one ranked candidate list; ties broken against the positives. 0 if no positive."""
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], labels[i]))

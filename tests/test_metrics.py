@@ -39,3 +39,18 @@ def test_cosine():
     a = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     b = torch.tensor([[1.0, 0.0], [-1.0, -1.0]])
     assert M.cosine(a, b).tolist() == pytest.approx([1.0, -1.0])
+
+
+def test_paired_bootstrap_separates_a_real_difference_from_noise():
+    import random
+
+    rng = random.Random(0)
+    base = [rng.random() for _ in range(200)]
+    better = [x + 0.1 for x in base]
+    r = M.paired_bootstrap(better, base)
+    assert r["diff"] == pytest.approx(0.1) and r["lo"] == pytest.approx(0.1) and r["p"] == 0.0
+    noisy = [x + rng.gauss(0, 0.3) for x in base]
+    r = M.paired_bootstrap(noisy, base)
+    assert r["lo"] < 0 < r["hi"] and 0.05 < r["p"] < 0.95
+    with pytest.raises(ValueError, match="equally long"):
+        M.paired_bootstrap([1.0], [1.0, 2.0])
