@@ -84,7 +84,7 @@ def run_one(name: str, spec: dict, quick: bool, overrides: list[str], baselines:
         "candidates": out["candidates"], "params": sum(p.numel() for p in pipe.parameters()),
         "mlp_params": mlp.n_params, "epochs": result.epochs, "best_epoch": result.best_epoch,
         "val": {k: v for k, v in result.metrics.items() if k.startswith("val_")},
-        "rows": rows, "ranks": ranks, "training": json.loads(cfg.training.model_dump_json()),
+        "rows": rows, "ranks": ranks, "compare": out.get("compare", []), "training": json.loads(cfg.training.model_dump_json()),
         "reshaper": json.loads(cfg.reshaper.model_dump_json()), "core": json.loads(cfg.core.model_dump_json()),
     }
 

@@ -125,6 +125,19 @@ def predict_run(pipeline, q, batch: int = 256):
     return torch.cat(outs) if outs else q[:0]
 
 
+def compare_to_baselines(rows: Sequence[EvalRow], resamples: int = 2000) -> list[dict[str, Any]]:
+    """Run − baseline MRR per baseline with a paired-bootstrap 95% interval over the test questions:
+    whether the run's lead (or loss) is more than the noise of a small test set."""
+    run = [1.0 / k for k in rows[0].ranks]
+    out = []
+    for r in rows[1:]:
+        bs = M.paired_bootstrap(run, [1.0 / k for k in r.ranks], resamples=resamples)
+        verdict = ("same" if abs(bs["diff"]) < 1e-3 else "better" if bs["lo"] > 0
+                   else "worse" if bs["hi"] < 0 else "within noise")
+        out.append({"baseline": r.name, "mrr_diff": bs["diff"], "ci95": [bs["lo"], bs["hi"]], "verdict": verdict})
+    return out
+
+
 def evaluate_pairs(pipeline, train_pairs, test_pairs, baselines: Sequence[Baseline] = (),
                    candidate_pool: Sequence[str] | None = None, max_questions: int = 2000,
                    return_ranks: bool = False) -> dict[str, Any]:
@@ -161,6 +174,8 @@ def evaluate_pairs(pipeline, train_pairs, test_pairs, baselines: Sequence[Baseli
             row.extra["seconds"] = time.perf_counter() - t0
             rows.append(row)
     out = {"questions": len(test_pairs), "candidates": len(answers), "rows": [r.as_dict() for r in rows]}
+    if len(rows) > 1:
+        out["compare"] = compare_to_baselines(rows)
     if return_ranks:
         out["ranks"] = {r.name: r.ranks for r in rows}
     return out
@@ -205,4 +220,10 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [head]
     for r in rows:
         lines.append(f"{r['name']:12s}" + "".join(f"{r[c]:11.4f}" for c in cols))
+    if result.get("compare"):
+        lines.append("")
+        lines.append("run − baseline MRR, 95% paired-bootstrap interval over the test questions:")
+        for c in result["compare"]:
+            lo, hi = c["ci95"]
+            lines.append(f"  vs {c['baseline']:10s} {c['mrr_diff']:+.4f}  [{lo:+.4f}, {hi:+.4f}]  {c['verdict']}")
     return "\n".join(lines)

@@ -45,8 +45,9 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = 10
         raise ValueError(f"paired_bootstrap: need two equally long, non-empty lists (got {len(a)} and {len(b)})")
     d = torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64)
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, len(d), (resamples, len(d)), generator=g)
-    means = d[idx].mean(dim=1)
+    chunk = max(1, 4_000_000 // len(d))  # bound the index tensor to ~32 MB
+    means = torch.cat([d[torch.randint(0, len(d), (min(chunk, resamples - i), len(d)), generator=g)].mean(dim=1)
+                       for i in range(0, resamples, chunk)])
     lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
     return {"diff": float(d.mean()), "lo": lo, "hi": hi, "p": float((means <= 0).double().mean())}
 

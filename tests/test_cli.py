@@ -53,6 +53,14 @@ def test_eval_prints_metrics(trained_run, capsys):
     out = json.loads(capsys.readouterr().out)
     names = [r["name"] for r in out["rows"]]
     assert names[:2] == ["run", "identity"] and {"recall@1", "recall@10", "mrr", "cosine"} <= set(out["rows"][0])
+    by = {r["name"]: r["mrr"] for r in out["rows"]}
+    for c in out["compare"]:  # one paired-bootstrap comparison per baseline, centred on the MRR difference
+        lo, hi = c["ci95"]
+        assert lo <= c["mrr_diff"] <= hi and c["mrr_diff"] == pytest.approx(by["run"] - by[c["baseline"]])
+        assert c["verdict"] in {"better", "worse", "within noise", "same"}
+    assert [c["baseline"] for c in out["compare"]] == names[1:]
+    assert main(["eval", str(trained_run)]) == 0
+    assert "95% paired-bootstrap interval" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("victim", ["weights.safetensors", "manifest.json"])
