@@ -164,6 +164,16 @@ def test_hybrid_falls_back_to_bank_then_beats_both_parts(registry, fake_teacher)
     h, b, g = cos(hyb.decode(queries)), cos(hyb.bank.decode(queries)), cos(hyb.generator.decode(queries))
     assert bool((h >= b - 1e-6).all()) and bool((h >= g - 1e-6).all())
 
+    # correction rounds generate again from the pushed target and only add to the pool: never worse
+    calls = []
+    generated = hyb._generated
+    hyb._generated = lambda e: calls.append(e.shape[0]) or generated(e)
+    hyb.cfg = hyb.cfg.model_copy(update={"correction_rounds": 2})
+    pool = hyb.candidates(queries)
+    hc = cos(hyb.decode(queries))
+    assert calls == [10] * 6  # per call (pool, decode): the first proposals, then one per round
+    assert bool((hc >= h - 1e-6).all()) and len(pool) == 10
+
 
 def test_hybrid_bank_config_checked_with_path(registry):
     with pytest.raises(ConfigError, match="decoder.bank: unknown 'nearst'.*did you mean 'nearest'"):

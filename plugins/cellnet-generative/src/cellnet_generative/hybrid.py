@@ -49,35 +49,61 @@ class HybridDecoder:
         """Every candidate text per row (bank top-k, then generated), duplicates and empties removed."""
         rows: list[list[str]] = [[c.text for c in r] for r in self.bank.candidates(emb, self.cfg.k)]
         if self.generator.trained:
-            beams = self.generator.candidates(emb, self.cfg.beams)
-            for r, b in zip(rows, beams):
-                r.extend(c.text for c in b)
-            if self.cfg.include_greedy:
-                for r, g in zip(rows, self.generator.generate(emb, "greedy")):
-                    r.append(g)
+            for r, g in zip(rows, self._generated(emb)):
+                r.extend(g)
         return [list(dict.fromkeys(t for t in r if t.strip())) for r in rows]
 
+    def _generated(self, emb: torch.Tensor) -> list[list[str]]:
+        rows = [[c.text for c in b] for b in self.generator.candidates(emb, self.cfg.beams)]
+        if self.cfg.include_greedy:
+            for r, g in zip(rows, self.generator.generate(emb, "greedy")):
+                r.append(g)
+        return rows
+
     def candidates(self, emb: torch.Tensor, k: int | None = None) -> list[list[Candidate]]:
-        """Candidates ranked by cosine between their teacher re-embedding and the row of ``emb``."""
+        """Candidates ranked by cosine between their teacher re-embedding and the row of ``emb``.
+
+        With ``correction_rounds`` > 0, each round asks the generator again, conditioned on the target
+        pushed away from the current best's re-embedding (``t + step·(t − best)``, at the target's
+        norm), and adds those texts to the pool: a guess-and-check step in embedding space."""
         if emb.shape[0] == 0:
             return []
         emb = emb.detach().float().cpu()
         rows = self.proposals(emb)
-        uniq = list(dict.fromkeys(t for r in rows for t in r))
-        if not uniq:
-            return [[] for _ in rows]
-        vecs = F.normalize(self.encoder.encode(uniq).float(), dim=-1)
-        pos = {t: i for i, t in enumerate(uniq)}
+        vec: dict[str, torch.Tensor] = {}
         target = F.normalize(emb, dim=-1)
-        out = []
-        for i, r in enumerate(rows):
-            if not r:
-                out.append([])
-                continue
-            sims = vecs[[pos[t] for t in r]] @ target[i]
-            order = sims.argsort(descending=True).tolist()
-            out.append([Candidate(r[j], float(sims[j])) for j in order[: (k or len(r))]])
-        return out
+
+        def embed_new(rs: list[list[str]]) -> None:
+            new = list(dict.fromkeys(t for r in rs for t in r if t not in vec))
+            if new:
+                for t, v in zip(new, F.normalize(self.encoder.encode(new).float(), dim=-1)):
+                    vec[t] = v
+
+        def ranked() -> list[list[tuple[str, float]]]:
+            out = []
+            for i, r in enumerate(rows):
+                sims = torch.stack([vec[t] for t in r]) @ target[i] if r else torch.zeros(0)
+                out.append([(r[j], float(sims[j])) for j in sims.argsort(descending=True).tolist()])
+            return out
+
+        embed_new(rows)
+        if not vec:
+            return [[] for _ in rows]
+        order = ranked()
+        if self.generator.trained:
+            norm = emb.norm(dim=-1, keepdim=True)
+            for _ in range(self.cfg.correction_rounds):
+                live = [i for i, r in enumerate(order) if r]
+                if not live:
+                    break
+                best = torch.stack([vec[order[i][0][0]] for i in live])
+                t = target[live]
+                pushed = F.normalize(t + self.cfg.correction_step * (t - best), dim=-1) * norm[live]
+                for i, extra in zip(live, self._generated(pushed)):
+                    rows[i] = list(dict.fromkeys([*rows[i], *(x for x in extra if x.strip())]))
+                embed_new(rows)
+                order = ranked()
+        return [[Candidate(t, s) for t, s in r[: (k or len(r))]] for r in order]
 
     def decode(self, emb: torch.Tensor) -> list[str]:
         return [r[0].text if r else "" for r in self.candidates(emb, 1)]
