@@ -103,15 +103,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small data and short training (development)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on the shared 2-core VM two threads were ~10x slower)")
-    ap.add_argument("--chitchat", type=int, default=None, help="chitchat training turns (default 15000; quick 600)")
+    ap.add_argument("--chitchat", type=int, default=None, help="chitchat training turns (default 40000; quick 600)")
     ap.add_argument("--budget", type=float, default=None,
-                    help="training seconds per generative decoder (default 360; quick 40)")
+                    help="training seconds per generative decoder (default 600; quick 40)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "generative.md")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    n_chit = args.chitchat or (600 if args.quick else 15000)
-    budget = args.budget or (40.0 if args.quick else 360.0)
+    n_chit = args.chitchat or (600 if args.quick else 40000)
+    budget = args.budget or (40.0 if args.quick else 600.0)
     n_test_chit = 100 if args.quick else 300
     t_start = time.perf_counter()
 
