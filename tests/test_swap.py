@@ -63,7 +63,7 @@ NEEDS = {
 }
 SECTION = {"encoder": "encoder", "reshaper": "reshaper", "core": "core", "decoder": "decoder",
            "strategy": "training", "dataset": "data"}
-SLOW = {("encoder", "smollm2"), ("kernel", "compiled")}
+SLOW = {("encoder", "smollm2"), ("kernel", "compiled"), ("decoder", "prefix-lm")}
 
 
 def _cases():
