@@ -98,6 +98,33 @@ def teacher():
     return CachedEncoder(enc), source, reg
 
 
+def data_and_bank(quick: bool, n_chit: int, n_test_chit: int) -> dict:
+    """The benchmark's data (training sentences, the two held-out test sets), their teacher
+    embeddings (through the disk cache) and the fitted bank; shared with bench_prefix_lm.py."""
+    enc, source, reg = teacher()
+    answers = chatterbot_answers()
+    ans_train, ans_test = split(answers, max(20, len(answers) // 10) if not quick else 30, None, 0)
+    chit_train, chit_test = split(chitchat_turns(), n_test_chit, n_chit, 1)
+    train = ans_train + chit_train
+    tests = {"chitchat (held out)": chit_test, "chatterbot answers (held out)": ans_test}
+    print(f"train {len(train)} sentences, test {[len(v) for v in tests.values()]}", flush=True)
+    t0 = time.perf_counter()
+    train_emb = enc.encode(train)
+    test_emb = {k: enc.encode(v) for k, v in tests.items()}
+    encode_s = time.perf_counter() - t0
+
+    from cellnet_core.pipeline import BuildContext
+
+    ctx = BuildContext(registry=reg, device=torch.device("cpu"), seed=0, encoder=enc, embedding_dim=enc.dim)
+    bank_name = "phrasebank" if "phrasebank" in reg.names("decoder") else "nearest"
+    bank = reg.build("decoder", {"name": bank_name}, ctx)
+    t0 = time.perf_counter()
+    bank.fit(train, train_emb)
+    return {"enc": enc, "source": source, "reg": reg, "ctx": ctx, "train": train, "tests": tests,
+            "train_emb": train_emb, "test_emb": test_emb, "encode_s": encode_s, "bank_name": bank_name,
+            "bank": bank, "bank_fit_s": time.perf_counter() - t0}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small data and short training (development)")
@@ -115,26 +142,10 @@ def main() -> None:
     n_test_chit = 100 if args.quick else 300
     t_start = time.perf_counter()
 
-    enc, source, reg = teacher()
-    answers = chatterbot_answers()
-    ans_train, ans_test = split(answers, max(20, len(answers) // 10) if not args.quick else 30, None, 0)
-    chit_train, chit_test = split(chitchat_turns(), n_test_chit, n_chit, 1)
-    train = ans_train + chit_train
-    tests = {"chitchat (held out)": chit_test, "chatterbot answers (held out)": ans_test}
-    print(f"train {len(train)} sentences, test {[len(v) for v in tests.values()]}", flush=True)
-    t0 = time.perf_counter()
-    train_emb = enc.encode(train)
-    test_emb = {k: enc.encode(v) for k, v in tests.items()}
-    encode_s = time.perf_counter() - t0
-
-    from cellnet_core.pipeline import BuildContext
-
-    ctx = BuildContext(registry=reg, device=torch.device("cpu"), seed=0, encoder=enc, embedding_dim=enc.dim)
-    bank_name = "phrasebank" if "phrasebank" in reg.names("decoder") else "nearest"
-    bank = reg.build("decoder", {"name": bank_name}, ctx)
-    t0 = time.perf_counter()
-    bank.fit(train, train_emb)
-    bank_fit_s = time.perf_counter() - t0
+    d = data_and_bank(args.quick, n_chit, n_test_chit)
+    enc, source, reg, ctx = d["enc"], d["source"], d["reg"], d["ctx"]
+    train, tests, train_emb, test_emb = d["train"], d["tests"], d["train_emb"], d["test_emb"]
+    encode_s, bank_name, bank, bank_fit_s = d["encode_s"], d["bank_name"], d["bank"], d["bank_fit_s"]
 
     common = {"epochs": 3 if args.quick else 30, "max_seconds": budget, "val_fraction": 0.05, "patience": 3,
               "batch_size": 32, "lr": 4e-3}

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # the same data recipe, splits, metrics and teacher as the generative benchmark
-from bench_generative import chatterbot_answers, chitchat_turns, score, split, teacher  # noqa: E402
+from bench_generative import data_and_bank, score  # noqa: E402
 
 CHIT, ANS = "chitchat (held out)", "chatterbot answers (held out)"
 
@@ -70,26 +70,11 @@ def main() -> None:
     n_test_chit = 100 if args.quick else 300
     t_start = time.perf_counter()
 
-    enc, source, reg = teacher()
-    answers = chatterbot_answers()
-    ans_train, ans_test = split(answers, max(20, len(answers) // 10) if not args.quick else 30, None, 0)
-    chit_train, chit_test = split(chitchat_turns(), n_test_chit, n_chit, 1)
-    train = ans_train + chit_train
-    tests = {CHIT: chit_test, ANS: ans_test}
-    print(f"train {len(train)} sentences, test {[len(v) for v in tests.values()]}", flush=True)
-    t0 = time.perf_counter()
-    train_emb = enc.encode(train)
-    test_emb = {k: enc.encode(v) for k, v in tests.items()}
-    encode_s = time.perf_counter() - t0
-
-    from cellnet_core.pipeline import BuildContext
-
-    ctx = BuildContext(registry=reg, device=torch.device("cpu"), seed=0, encoder=enc, embedding_dim=enc.dim)
-    bank_name = "phrasebank" if "phrasebank" in reg.names("decoder") else "nearest"
-    bank = reg.build("decoder", {"name": bank_name}, ctx)
-    t0 = time.perf_counter()
-    bank.fit(train, train_emb)
-    bank_fit_s = time.perf_counter() - t0
+    d = data_and_bank(args.quick, n_chit, n_test_chit)
+    enc, source, reg, ctx = d["enc"], d["source"], d["reg"], d["ctx"]
+    train, tests, train_emb, test_emb = d["train"], d["tests"], d["train_emb"], d["test_emb"]
+    encode_s, bank_name, bank, bank_fit_s = d["encode_s"], d["bank_name"], d["bank"], d["bank_fit_s"]
+    assert set(tests) == {CHIT, ANS}
 
     cfg = {"name": "prefix-lm", "prefix_len": args.prefix_len, "batch_size": args.batch_size, "lr": args.lr,
            "epochs": 3, "max_seconds": budget, "val_fraction": 0.05, "val_max": 128, "eval_every": 25,

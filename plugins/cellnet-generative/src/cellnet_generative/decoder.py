@@ -28,6 +28,19 @@ TOKENIZER_FILE = "tokenizer.json"
 FORMAT = "cellnet-generative-decoder"
 
 
+def length_batches(n: int, batch_size: int, gen: torch.Generator, lengths: Sequence[int]) -> list[list[int]]:
+    """Shuffled batches of similar length (sorted inside windows of 50 batches) to waste little
+    compute on padding; the same ``gen`` state gives the same batches."""
+    perm = torch.randperm(n, generator=gen).tolist()
+    window = batch_size * 50
+    batches = []
+    for w in range(0, n, window):
+        chunk = sorted(perm[w:w + window], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    order = torch.randperm(len(batches), generator=gen).tolist()
+    return [batches[i] for i in order]
+
+
 class GenerativeDecoder:
     """Embedding → newly written text. ``fit(texts, embs)`` trains a tokenizer and the model;
     ``decode`` generates with the configured strategy; ``candidates`` returns beam hypotheses."""
@@ -91,17 +104,7 @@ class GenerativeDecoder:
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=-100)
 
     def _batches(self, n: int, gen: torch.Generator, lengths: list[int]) -> list[list[int]]:
-        """Shuffled batches of similar length (sorted inside windows of 50 batches) to waste
-        little compute on padding."""
-        bs = self.cfg.batch_size
-        perm = torch.randperm(n, generator=gen).tolist()
-        window = bs * 50
-        batches = []
-        for w in range(0, n, window):
-            chunk = sorted(perm[w:w + window], key=lambda i: lengths[i])
-            batches += [chunk[i:i + bs] for i in range(0, len(chunk), bs)]
-        order = torch.randperm(len(batches), generator=gen).tolist()
-        return [batches[i] for i in order]
+        return length_batches(n, self.cfg.batch_size, gen, lengths)
 
     @torch.no_grad()
     def _eval_loss(self, seqs, embs) -> float:

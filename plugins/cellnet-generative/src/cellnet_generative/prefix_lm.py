@@ -34,6 +34,7 @@ from cellnet_core.errors import CheckpointError, ConfigError, DataError, Missing
 from cellnet_core.interfaces import Candidate
 from cellnet_generative import __version__
 from cellnet_generative.config import ARCHITECTURE_FIELDS, PrefixLMDecoderConfig
+from cellnet_generative.decoder import length_batches
 
 META_FILE = "decoder.json"
 WEIGHTS_FILE = "adapter.safetensors"
@@ -242,18 +243,6 @@ class PrefixLMDecoder:
         self.adapter.train()
         return total / max(count, 1)
 
-    def _batches(self, n: int, gen: torch.Generator, lengths: list[int]) -> list[list[int]]:
-        """Shuffled batches of similar length (sorted inside windows of 50 batches)."""
-        bs = self.cfg.batch_size
-        perm = torch.randperm(n, generator=gen).tolist()
-        window = bs * 50
-        batches = []
-        for w in range(0, n, window):
-            chunk = sorted(perm[w:w + window], key=lambda i: lengths[i])
-            batches += [chunk[i:i + bs] for i in range(0, len(chunk), bs)]
-        order = torch.randperm(len(batches), generator=gen).tolist()
-        return [batches[i] for i in order]
-
     # -- training ---------------------------------------------------------------------------
     def fit(self, texts: Sequence[str], embs: torch.Tensor) -> dict[str, Any]:
         """Train the adapter on (text, embedding) pairs with teacher forcing: AdamW, linear warm-up
@@ -334,7 +323,7 @@ class PrefixLMDecoder:
         try:
             while step < plan["total"] and not stopped_early and not out_of_time:
                 epoch += 1
-                for b in self._batches(len(tr_seqs), gen, lengths):
+                for b in length_batches(len(tr_seqs), self.cfg.batch_size, gen, lengths):
                     e = tr_emb[b]
                     if c.emb_noise > 0:
                         e = F.normalize(e, dim=-1) + c.emb_noise * torch.randn(e.shape, generator=gen) / math.sqrt(
