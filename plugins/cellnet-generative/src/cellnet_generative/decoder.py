@@ -28,6 +28,15 @@ TOKENIZER_FILE = "tokenizer.json"
 FORMAT = "cellnet-generative-decoder"
 
 
+def split_by_text(texts: Sequence[str], val_fraction: float, gen: torch.Generator) -> tuple[list[int], list[int]]:
+    """(train, held-out) row indices, split by distinct text so that a sentence is never on both
+    sides; no held-out rows with fewer than 20 distinct texts."""
+    uniq = sorted(set(texts))
+    n_val = int(round(len(uniq) * val_fraction)) if len(uniq) >= 20 else 0
+    val_set = {uniq[i] for i in torch.randperm(len(uniq), generator=gen)[:n_val].tolist()}
+    return ([i for i, t in enumerate(texts) if t not in val_set], [i for i, t in enumerate(texts) if t in val_set])
+
+
 def length_batches(n: int, batch_size: int, gen: torch.Generator, lengths: Sequence[int]) -> list[list[int]]:
     """Shuffled batches of similar length (sorted inside windows of 50 batches) to waste little
     compute on padding; the same ``gen`` state gives the same batches."""
@@ -141,12 +150,7 @@ class GenerativeDecoder:
         c = self.cfg
         gen = torch.Generator().manual_seed(self.seed)
 
-        # held-out split by distinct text, so a sentence is never on both sides
-        uniq = sorted(set(texts))
-        n_val = int(round(len(uniq) * c.val_fraction)) if len(uniq) >= 20 else 0
-        val_set = {uniq[i] for i in torch.randperm(len(uniq), generator=gen)[:n_val].tolist()}
-        tr = [i for i, t in enumerate(texts) if t not in val_set]
-        va = [i for i, t in enumerate(texts) if t in val_set]
+        tr, va = split_by_text(texts, c.val_fraction, gen)
 
         self.tokenizer = train_tokenizer([texts[i] for i in tr], c.tokenizer, c.vocab_size, c.lowercase)
         self.model = self._make_model(self.tokenizer.get_vocab_size(), self.embedding_dim)

@@ -34,7 +34,7 @@ from cellnet_core.errors import CheckpointError, ConfigError, DataError, Missing
 from cellnet_core.interfaces import Candidate
 from cellnet_generative import __version__
 from cellnet_generative.config import ARCHITECTURE_FIELDS, PrefixLMDecoderConfig
-from cellnet_generative.decoder import length_batches
+from cellnet_generative.decoder import length_batches, split_by_text
 
 META_FILE = "decoder.json"
 WEIGHTS_FILE = "adapter.safetensors"
@@ -271,12 +271,7 @@ class PrefixLMDecoder:
         self.embedding_dim = int(embs.shape[1])
         gen = torch.Generator().manual_seed(self.seed)
 
-        # held-out split by distinct text, so a sentence is never on both sides
-        uniq = sorted(set(texts))
-        n_val = int(round(len(uniq) * c.val_fraction)) if len(uniq) >= 20 else 0
-        val_set = {uniq[i] for i in torch.randperm(len(uniq), generator=gen)[:n_val].tolist()}
-        tr = [i for i, t in enumerate(texts) if t not in val_set]
-        va = [i for i, t in enumerate(texts) if t in val_set]
+        tr, va = split_by_text(texts, c.val_fraction, gen)
         if len(va) > c.val_max:  # a random subset: the fit texts may come sorted by source
             va = sorted(va[j] for j in torch.randperm(len(va), generator=gen)[: c.val_max].tolist())
         seqs = self._encode_texts(texts)
