@@ -221,9 +221,12 @@ NOTES = """Why the targets are or are not met, and what was tried:
   of the forward+backward time); the fused kernel removes the concatenation copy and the separate
   bias/activation passes, which is all there is to remove without changing the maths, so it can
   only be modestly faster than `reference` for this cell. Per cell-step the first layer alone is
-  2·S·C·H ≈ 14–16 kFLOP (C=16, H=64); 3M cell-steps/s would need ≈ 50 GFLOP/s sustained in small
-  matmuls — about the single-core AVX2 peak of this machine class, and only possible with both
-  cores to ourselves.
+  2·S·C·H ≈ 14–16 kFLOP (C=16, H=64), so 4M cell-steps/s is already ≈ 60 GFLOP/s in small matmuls
+  on 2 cores; 3× the reference's 1.6–4M would need more than this CPU's matmul peak.
+- **The ratios move between runs.** `reference` at 32³ is the least stable row (nca: 1.85M
+  cell-steps/s in the previous quiet run, 0.91M in this one; mlp: 0.90M vs 1.63M), while `fused`
+  moves far less, so ×ref at 32³ swings (nca fwd 2.3× then 4.3×). Read the 16³ and 8³ rows, where
+  both kernels are steady, as the typical speed-up: nca ≈ 2×, mlp ≈ 1.1–1.2×.
 - **`nca`**: the fused kernel folds the depthwise perception into the first layer (one matmul, no
   perception einsum), which is where its speed-up over `reference` comes from, largest in
   forward+backward where the reference's einsum backward is slow.
