@@ -134,13 +134,14 @@ def _cell(xs: list[float], digits: int = 3) -> str:
 
 #: |ΔMRR| below this is float noise (e.g. an untrained lattice vs identity), not a difference.
 MIN_EFFECT = 0.001
+VERDICT_TEXT = {"same": "same ranks", "better": "**better**", "worse": "**worse**", "within noise": "within noise"}
 COMPARISONS = [("lattice", "identity"), ("lattice", "mlp"), ("lattice", ABLATION[0]), ("mlp", "identity")]
 
 
 def markdown(results: list[dict], quick: bool) -> str:
     import torch
 
-    from cellnet_core.metrics import paired_bootstrap
+    from cellnet_core.metrics import bootstrap_verdict, paired_bootstrap
 
     lines = ["## Training: lattice (dialogue + infonce) vs baselines", ""]
     lines.append(f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads (2 cores, shared with "
@@ -190,8 +191,7 @@ def markdown(results: list[dict], quick: bool) -> str:
         lines.append("|---|---:|---:|---:|---|")
         for a, b in COMPARISONS:
             bs = paired_bootstrap(r["mean_rr"][a], r["mean_rr"][b])
-            verdict = ("same ranks" if abs(bs["diff"]) < MIN_EFFECT else "**better**" if bs["lo"] > 0
-                       else "**worse**" if bs["hi"] < 0 else "within noise")
+            verdict = VERDICT_TEXT[bootstrap_verdict(bs, MIN_EFFECT)]
             lines.append(f"| {a} − {b} | {bs['diff']:+.3f} | [{bs['lo']:+.3f}, {bs['hi']:+.3f}] | "
                          f"{bs['p']:.2f} | {verdict} |")
         lines.append("")

@@ -132,9 +132,8 @@ def compare_to_baselines(rows: Sequence[EvalRow], resamples: int = 2000) -> list
     out = []
     for r in rows[1:]:
         bs = M.paired_bootstrap(run, [1.0 / k for k in r.ranks], resamples=resamples)
-        verdict = ("same" if abs(bs["diff"]) < 1e-3 else "better" if bs["lo"] > 0
-                   else "worse" if bs["hi"] < 0 else "within noise")
-        out.append({"baseline": r.name, "mrr_diff": bs["diff"], "ci95": [bs["lo"], bs["hi"]], "verdict": verdict})
+        out.append({"baseline": r.name, "mrr_diff": bs["diff"], "ci95": [bs["lo"], bs["hi"]],
+                    "verdict": M.bootstrap_verdict(bs)})
     return out
 
 

@@ -52,6 +52,14 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = 10
     return {"diff": float(d.mean()), "lo": lo, "hi": hi, "p": float((means <= 0).double().mean())}
 
 
+def bootstrap_verdict(bs: dict[str, float], min_effect: float = 1e-3) -> str:
+    """``same`` (|diff| below ``min_effect``: float noise), ``better`` / ``worse`` (the interval
+    excludes 0) or ``within noise``, for a :func:`paired_bootstrap` result."""
+    if abs(bs["diff"]) < min_effect:
+        return "same"
+    return "better" if bs["lo"] > 0 else "worse" if bs["hi"] < 0 else "within noise"
+
+
 def average_precision(scores: Sequence[float], labels: Sequence[int]) -> float:
     """AP of one ranked candidate list; ties broken against the positives. 0 if no positive."""
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], labels[i]))

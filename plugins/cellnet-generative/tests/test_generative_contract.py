@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 from cellnet_core.testing.contracts import DecoderContract
 
 TINY = {"d_model": 32, "n_layers": 1, "prefix_len": 2, "vocab_size": 300, "epochs": 3, "batch_size": 8,
         "max_len": 24, "max_new_tokens": 12}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class TestRetContract(DecoderContract):

@@ -13,31 +13,14 @@ from cellnet_core.builtin.components import HashingEncoder
 from cellnet_core.cache import CachedEncoder
 from cellnet_core.errors import CheckpointError, ConfigError
 from cellnet_core.pipeline import BuildContext
+from cellnet_generative.testing import SENTENCES
 
-SENTENCES = [
-    "hello there, how are you?", "i am fine, thank you.", "what is your name?", "my name is cell.",
-    "the weather is nice today.", "do you like green tea?", "yes, with a little honey.", "where do you live?",
-    "i live in a small lattice.", "good night and sleep well!", "what time is it?", "it is half past nine.",
-    "can you help me with my homework?", "sure, what subject is it?", "i love reading old books.",
-    "my favourite colour is blue.", "how old are you?", "older than i look.", "tell me a joke.",
-    "why did the chicken cross the road?", "see you tomorrow.", "have a great weekend!",
-    "are you a robot?", "i am a small neural network.", "what do you eat?", "electricity, mostly.",
-    "let's play a game.", "which game do you like?", "it is raining again.", "bring an umbrella then.",
-]
 RET_TINY = {"name": "ret", "d_model": 64, "n_layers": 2, "n_heads": 2, "ffn_hidden": 128, "prefix_len": 2,
             "vocab_size": 400, "epochs": 60, "batch_size": 30, "lr": 1e-2, "val_fraction": 0.0, "warmup": 0.1,
             "max_len": 32}
 MAMBA_TINY = {"name": "cct-mamba", "d_model": 64, "n_layers": 2, "d_state": 4, "prefix_len": 2,
               "vocab_size": 400, "epochs": 60, "batch_size": 30, "lr": 1e-2, "val_fraction": 0.0, "warmup": 0.1,
               "max_len": 32}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

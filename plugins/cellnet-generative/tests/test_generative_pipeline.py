@@ -5,21 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from cellnet_core.config import load_config, validate_run_config
 from cellnet_core.pipeline import Pipeline
 
 TEXTS = ["hello there, how are you?", "i am fine, thank you.", "what is your name?", "my name is cell.",
          "do you like green tea?", "yes, with a little honey.", "where do you live?", "in a small lattice."]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_pipeline_save_load_keeps_generated_answers(registry, tmp_path):

@@ -28,6 +28,26 @@ TOKENIZER_FILE = "tokenizer.json"
 FORMAT = "cellnet-generative-decoder"
 
 
+def read_decoder_meta(meta_path: Path, fmt: str, kind: str, cfg: Any, fields: Sequence[str]) -> dict[str, Any]:
+    """The JSON a decoder's ``save`` wrote, checked: present, parseable, of format ``fmt`` and kind
+    ``kind``, and trained with the same ``fields`` as ``cfg``; else :class:`CheckpointError` naming it."""
+    if not meta_path.exists():
+        raise CheckpointError(f"{meta_path}: missing (not a '{kind}' decoder directory)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{meta_path}: damaged ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt or meta.get("kind") != kind:
+        held = meta.get("kind") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{meta_path}: holds a '{held}' decoder, the config asks for '{kind}'")
+    saved = meta.get("config", {})
+    for f in fields:
+        if saved.get(f) != getattr(cfg, f):
+            raise CheckpointError(f"{meta_path}: decoder was trained with {f}={saved.get(f)!r}, the config "
+                                  f"says {getattr(cfg, f)!r}")
+    return meta
+
+
 def split_by_text(texts: Sequence[str], val_fraction: float, gen: torch.Generator) -> tuple[list[int], list[int]]:
     """(train, held-out) row indices, split by distinct text so that a sentence is never on both
     sides; no held-out rows with fewer than 20 distinct texts."""
@@ -305,21 +325,8 @@ class GenerativeDecoder:
         from tokenizers import Tokenizer
 
         directory = Path(directory)
-        meta_path = directory / META_FILE
-        if not meta_path.exists():
-            raise CheckpointError(f"{meta_path}: missing (not a '{self.kind}' decoder directory)")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{meta_path}: damaged ({exc})") from None
-        if meta.get("format") != FORMAT or meta.get("kind") != self.kind:
-            raise CheckpointError(f"{meta_path}: holds a '{meta.get('kind')}' decoder, the config asks for "
-                                  f"'{self.kind}'")
-        saved = meta.get("config", {})
-        for f in ARCHITECTURE_FIELDS[self.kind] + ("tokenizer", "lowercase", "normalize_input"):
-            if saved.get(f) != getattr(self.cfg, f):
-                raise CheckpointError(f"{meta_path}: decoder was trained with {f}={saved.get(f)!r}, the config "
-                                      f"says {getattr(self.cfg, f)!r}")
+        meta = read_decoder_meta(directory / META_FILE, FORMAT, self.kind, self.cfg,
+                                 ARCHITECTURE_FIELDS[self.kind] + ("tokenizer", "lowercase", "normalize_input"))
         if not meta.get("trained"):
             self.model, self.tokenizer = None, None
             return

@@ -34,7 +34,7 @@ from cellnet_core.errors import CheckpointError, ConfigError, DataError, Missing
 from cellnet_core.interfaces import Candidate
 from cellnet_generative import __version__
 from cellnet_generative.config import ARCHITECTURE_FIELDS, PrefixLMDecoderConfig
-from cellnet_generative.decoder import length_batches, split_by_text
+from cellnet_generative.decoder import length_batches, read_decoder_meta, split_by_text
 
 META_FILE = "decoder.json"
 WEIGHTS_FILE = "adapter.safetensors"
@@ -465,20 +465,7 @@ class PrefixLMDecoder:
         adapter settings, a damaged or swapped adapter file raise :class:`CheckpointError`."""
         directory = Path(directory)
         meta_path = directory / META_FILE
-        if not meta_path.exists():
-            raise CheckpointError(f"{meta_path}: missing (not a '{self.kind}' decoder directory)")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{meta_path}: damaged ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("kind") != self.kind:
-            kind = meta.get("kind") if isinstance(meta, dict) else None
-            raise CheckpointError(f"{meta_path}: holds a '{kind}' decoder, the config asks for '{self.kind}'")
-        saved = meta.get("config", {})
-        for f in ARCHITECTURE_FIELDS[self.kind]:
-            if saved.get(f) != getattr(self.cfg, f):
-                raise CheckpointError(f"{meta_path}: decoder was trained with {f}={saved.get(f)!r}, the config "
-                                      f"says {getattr(self.cfg, f)!r}")
+        meta = read_decoder_meta(meta_path, FORMAT, self.kind, self.cfg, ARCHITECTURE_FIELDS[self.kind])
         base = meta.get("base_model", {})
         for part in ("weights", "tokenizer"):
             if base.get(part) != self.fingerprint[part]:
