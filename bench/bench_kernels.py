@@ -230,9 +230,15 @@ NOTES = """Why the targets are or are not met, and what was tried:
 - **`nca`**: the fused kernel folds the depthwise perception into the first layer (one matmul, no
   perception einsum), which is where its speed-up over `reference` comes from, largest in
   forward+backward where the reference's einsum backward is slow.
-- **`gmlp`** is dominated by elementwise work on `[B·N, K, 2H]` (GELU and its backward, the gating
-  multiply, the K×K mixing bmm) that is part of the cell's maths; the fused kernel only fuses its
-  gather, so it runs at about the reference's speed. `compiled` can fuse those elementwise passes.
+- **`gmlp`** applies `GELU(proj(·))` to each of a cell's K neighbours, so `reference` projects
+  every cell K times. The fused kernel projects each source row once (`[R, B, 2H]`, the ghost row
+  becomes `GELU(proj(0))`) and then gathers the projected rows, slot-major with the batch inside,
+  so the K×K spatial mixing is one `addmm` over `[K, m·B·H]` with no transposing copy; the
+  projection and its GELU run K× less often. Forward it runs in cache-sized blocks; with autograd
+  the lattice is one block (a block's `index_select` backward scatters into the whole projected
+  source, so small blocks would cost O(N²)), which is why `chunked` (its own source per slab) is
+  faster than `fused` in forward+backward at 32³. Edge weights scale neighbour *states* before the
+  projection, so with edge weights `gmlp` falls back to calling the cell on the gathered buffer.
 - Gather: `index_select` of whole rows into the buffer was measured faster than "pad once + K
   strided slice copies" and than `roll` (docs/plugins/kernels.md); its backward (`index_add_`) is
   ~10% of forward+backward.

@@ -144,3 +144,33 @@ def test_reused_buffers_do_not_alias_outputs():
         torch.testing.assert_close(a, a_copy)
         field.mul_(-1)  # same tensor, new contents
         torch.testing.assert_close(k.step(b, field, cell, topo), ReferenceKernel().step(b, field, cell, topo))
+
+
+@pytest.mark.parametrize("boundary", ["walls", "periodic"])
+@pytest.mark.parametrize("with_field", [False, True])
+def test_gmlp_projects_before_gathering(boundary, with_field):
+    """Without edge weights the gmlp cell takes the project-then-gather path (the cell's own
+    ``raw_delta`` is never called) and still equals ``reference``, forward and gradients, over a
+    5-step rollout; ``walls`` puts the ghost row (projected as GELU(proj(0))) behind the field rows."""
+    h = _conftest()
+    state, field, cell, topo = h.make_problem("gmlp", "moore", boundary, shape=(5, 4, 3), field=with_field)
+    with torch.no_grad():
+        cell.mix.normal_(0, 0.5)  # a mixing far from its near-zero init
+    ref = ReferenceKernel()
+
+    def rollout(kernel, s):
+        for t in range(5):
+            s = kernel.step(s, field if t == 0 else None, cell, topo)
+        return s
+
+    with torch.no_grad():
+        want = rollout(ref, state)
+    out_ref, g_ref = h.step_and_grads(ref, state, field, cell, topo)
+    cell.raw_delta = lambda *a: (_ for _ in ()).throw(AssertionError("gmlp fast path not taken"))
+    for kernel in (FusedKernel(), FusedKernel(block_cells=40), FusedKernel(reuse_buffers=False), ChunkedKernel(slab=2)):
+        with torch.no_grad():
+            torch.testing.assert_close(rollout(kernel, state), want)
+        out, g = h.step_and_grads(kernel, state, field, cell, topo)
+        torch.testing.assert_close(out, out_ref)
+        for a, b in zip(g, g_ref):
+            torch.testing.assert_close(a, b)

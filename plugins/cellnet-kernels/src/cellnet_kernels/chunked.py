@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from cellnet_kernels.fused import FusedKernel, _map_axis, cell_delta, needs_grad
+from cellnet_kernels.fused import (GMLP_BLOCK_DIVISOR, FusedKernel, _cell_kind, _map_axis, cell_delta, gmlp_delta,
+                                   needs_grad)
 
 
 def slab_planes(x: int, y: int, z: int, slab: int = 0, slab_cells: int = 262_144) -> int:
@@ -62,6 +63,7 @@ class ChunkedKernel:
         s = k + 2 if has_field else k + 1
         boundary = topology.boundary
         grad = needs_grad(state, field, topology.edge_weight, cell=cell)
+        kind = _cell_kind(cell, topology.edge_weight)
         sx = slab_planes(x, y, z, self.slab, self.slab_cells)
         ew = topology.edge_weight
         ew_planes = ew.reshape(x, yz, k) if ew is not None and ew.dim() == 2 else None
@@ -84,7 +86,7 @@ class ChunkedKernel:
                 if has_field:
                     parts.append(field3[:, x0:x1].reshape(bsz, ns, c))
                 parts.append(state.new_zeros(bsz, 1, c))
-                buf = torch.cat(parts, dim=1).index_select(1, idx)
+                src = torch.cat(parts, dim=1)
             else:
                 src, buf = self._scratch_for(bsz, rows, ns, s, c, state)
                 src[:, :yz] = rows3[:, lo] if lo is not None else 0
@@ -93,9 +95,16 @@ class ChunkedKernel:
                 if has_field:
                     src[:, n_state:n_state + ns] = field3[:, x0:x1].reshape(bsz, ns, c)
                 src[:, rows - 1] = 0
-                torch.index_select(src, 1, idx, out=buf)
-            slab_w = ew_planes[x0:x1].reshape(ns, k) if ew_planes is not None else ew
-            delta = cell_delta(buf.view(bsz, ns, s, c), k, has_field, cell, slab_w, inplace=not grad)
+            if kind == "gmlp":
+                blk = max(1, self._fused.block_cells // GMLP_BLOCK_DIVISOR // bsz) if not grad else 0
+                delta = gmlp_delta(src, idx, ns, k, has_field, n_state, cell, block=blk, inplace=not grad)
+            else:
+                if grad:
+                    buf = src.index_select(1, idx)
+                else:
+                    torch.index_select(src, 1, idx, out=buf)
+                slab_w = ew_planes[x0:x1].reshape(ns, k) if ew_planes is not None else ew
+                delta = cell_delta(buf.view(bsz, ns, s, c), k, has_field, cell, slab_w, inplace=not grad, kind=kind)
             new = rows3[:, x0:x1].reshape(bsz, ns, c) + delta
             if grad:
                 pieces.append(new.reshape(bsz, x1 - x0, y, z, c))

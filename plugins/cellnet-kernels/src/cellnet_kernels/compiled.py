@@ -94,7 +94,7 @@ class CompiledKernel:
         k = int(topology.offsets.shape[0])
         idx = self._fused.index(tuple(state.shape[1:4]), topology, state.device, has_field=field is not None)
         try:
-            return fn(state, field, idx, k, _cell_kind(cell), cell, topology.edge_weight)
+            return fn(state, field, idx, k, _cell_kind(cell, topology.edge_weight), cell, topology.edge_weight)
         except Exception as exc:
             out = self._fused.step(state, field, cell, topology)  # raises too when the inputs are at fault
             first = (str(exc).strip().splitlines() or [""])[0][:300]

@@ -89,7 +89,7 @@ class CudaKernel:
                 f"kernel 'cuda' got a state on '{state.device}'; put the pipeline on a GPU (device: cuda) "
                 "or use kernel: fused")
         k = int(topology.offsets.shape[0])
-        kind = _cell_kind(cell)
+        kind = _cell_kind(cell, topology.edge_weight)
         idx = self._fused.index(tuple(state.shape[1:4]), topology, state.device, has_field=field is not None)
         weight = topology.edge_weight
         if not self.cuda_graphs or needs_grad(state, field, weight, cell=cell):

@@ -40,6 +40,8 @@ from torch.nn import functional as F
 
 log = logging.getLogger("cellnet_kernels")
 
+GMLP_BLOCK_DIVISOR = 32  # gmlp blocks hold block_cells / 32 cells (2048 at the default: measured best)
+
 # --------------------------------------------------------------------------------------------
 # index construction
 # --------------------------------------------------------------------------------------------
@@ -98,16 +100,20 @@ def build_index(out_shape: tuple[int, int, int], offsets: torch.Tensor, boundary
 # --------------------------------------------------------------------------------------------
 
 
-def _cell_kind(cell: Any) -> str:
-    """``mlp`` / ``nca`` for the lattice's own cells (exact type: a subclass may change the maths)."""
+def _cell_kind(cell: Any, edge_weight: torch.Tensor | None = None) -> str:
+    """``mlp`` / ``nca`` / ``gmlp`` for the lattice's own cells (exact type: a subclass may change
+    the maths), else ``generic``. ``gmlp`` projects before it gathers, which edge weights (they scale
+    the neighbour *states*, before the projection's bias and GELU) do not allow: ``generic`` then."""
     try:
-        from cellnet_lattice.cells import MLPCell, NCACell
+        from cellnet_lattice.cells import GatedMLPCell, MLPCell, NCACell
     except ImportError:  # pragma: no cover - the lattice plugin is a dependency
         return "generic"
     if type(cell) is MLPCell:
         return "mlp"
     if type(cell) is NCACell:
         return "nca"
+    if type(cell) is GatedMLPCell and edge_weight is None:
+        return "gmlp"
     return "generic"
 
 
@@ -149,7 +155,7 @@ def cell_delta(buf: torch.Tensor, k: int, has_field: bool, cell: Any,
         w = _slot_weight(edge_weight.to(buf.dtype), s, k).view(1, n, s, 1)
         buf = buf.mul_(w) if inplace else buf * w
         edge_weight = None
-    if kind == "generic":
+    if kind not in ("mlp", "nca"):
         neigh = buf[:, :, :k]
         if edge_weight is not None:
             neigh = neigh * edge_weight.to(buf.dtype).view(1, 1, k, 1)
@@ -162,13 +168,71 @@ def cell_delta(buf: torch.Tensor, k: int, has_field: bool, cell: Any,
     raw = torch.addmm(cell.fc2.bias, h, cell.fc2.weight.t())
     if raw.dtype != buf.dtype:  # autocast: bound and residual in the state's precision
         raw = raw.to(buf.dtype)
-    bound = cell.delta_bound
-    if bound > 0:
-        if inplace:
-            raw = raw.div_(bound).tanh_().mul_(bound)
+    return _bound(raw, cell.delta_bound, inplace).view(bsz, n, c)
+
+
+def _bound(raw: torch.Tensor, bound: float, inplace: bool) -> torch.Tensor:
+    if bound <= 0:
+        return raw
+    return raw.div_(bound).tanh_().mul_(bound) if inplace else bound * torch.tanh(raw / bound)
+
+
+def gmlp_delta(src: torch.Tensor, index: torch.Tensor, n: int, k: int, has_field: bool, n_state: int, cell: Any,
+               *, block: int = 0, inplace: bool = False) -> torch.Tensor:
+    """The ``gmlp`` cell on source rows, projecting *before* gathering → bounded ``delta [B, n, C]``.
+
+    The cell applies ``GELU(proj(·))`` to each of a cell's K neighbours, so every cell's projection
+    is needed by K cells: computed once per source row here (``[R, B, 2H]``) and gathered, instead
+    of K times on gathered states. The ghost row (a ``walls`` neighbour outside) projects to
+    ``GELU(proj(0))``, exactly what the cell computes for the zeros it reads. Rows are laid out
+    cell-major with the batch inside (``[R, B, ·]``) and gathered slot-major, so the K×K spatial
+    mixing is one ``addmm`` over ``[K, m·B·H]`` with no transposing copy. ``src [B, R, C]`` and
+    ``index`` as in :func:`build_index`; ``n_state`` state rows come first, the ghost row last.
+    ``block`` > 0 processes that many cells at a time (CPU cache); 0: all at once.
+    """
+    bsz, rows, c = src.shape
+    s = k + 2 if has_field else k + 1
+    hid = cell.hidden
+    src_t = src.transpose(0, 1).contiguous()  # [R, B, C]
+    ghost = rows - 1
+    proj_rows = src_t[:n_state + 1] if ghost == n_state else torch.cat([src_t[:n_state], src_t[ghost:]])
+    w, b = cell.proj.weight, cell.proj.bias
+    pu = F.gelu(F.linear(proj_rows, w[:hid], b[:hid]))  # [n_state + 1, B, H]
+    pv = F.gelu(F.linear(proj_rows, w[hid:], b[hid:]))
+    slots = index.view(n, s)
+    neigh = torch.where(slots[:, :k] == ghost, n_state, slots[:, :k])
+    w_own = cell.own_in.weight
+    mix_bias = cell.mix_bias.view(k, 1)
+    blk = n if block <= 0 else max(1, block)
+    out = src_t.new_empty(n, bsz, c) if inplace else None
+    pieces = []
+    for r0 in range(0, n, blk):
+        r1 = min(n, r0 + blk)
+        m = r1 - r0
+        ki = neigh[r0:r1].t().reshape(-1)  # slot-major: [K * m]
+        u = pu.index_select(0, ki).view(k, m * bsz * hid)
+        v = pv.index_select(0, ki).view(k, m * bsz * hid)
+        mixed = torch.addmm(mix_bias, cell.mix, v)  # v'_j = sum_k mix[j, k] v_k + bias_j
+        g = (mixed.mul_(u) if inplace else mixed * u).sum(0).view(m, bsz, hid) / k
+        o = F.linear(src_t.index_select(0, slots[r0:r1, k]), w_own[:, :c], cell.own_in.bias)
+        if has_field:
+            o = o + F.linear(src_t.index_select(0, slots[r0:r1, k + 1]), w_own[:, c:])
+        raw = F.linear(F.gelu(g + o), cell.out.weight, cell.out.bias)
+        if raw.dtype != src.dtype:  # autocast: bound and residual in the state's precision
+            raw = raw.to(src.dtype)
+        raw = _bound(raw, cell.delta_bound, inplace)
+        if out is not None:
+            out[r0:r1] = raw
         else:
-            raw = bound * torch.tanh(raw / bound)
-    return raw.view(bsz, n, c)
+            pieces.append(raw)
+    return (out if out is not None else torch.cat(pieces)).transpose(0, 1)
+
+
+def _source_rows(state_rows: torch.Tensor, field: torch.Tensor | None) -> torch.Tensor:
+    """``src [B, R, C]``: the state rows, the field's rows (when given), one zero ghost row."""
+    bsz, n, c = state_rows.shape
+    parts = [state_rows] + ([field.reshape(bsz, n, c).to(state_rows.dtype)] if field is not None else [])
+    return torch.cat(parts + [state_rows.new_zeros(bsz, 1, c)], dim=1)
 
 
 def functional_step(state: torch.Tensor, field: torch.Tensor | None, index: torch.Tensor, k: int, kind: str,
@@ -182,9 +246,10 @@ def functional_step(state: torch.Tensor, field: torch.Tensor | None, index: torc
     has_field = field is not None
     s = k + 2 if has_field else k + 1
     rows = state.reshape(bsz, n, c)
-    parts = [rows] + ([field.reshape(bsz, n, c).to(state.dtype)] if has_field else [])
-    parts.append(rows.new_zeros(bsz, 1, c))
-    buf = torch.cat(parts, dim=1).index_select(1, index).view(bsz, n, s, c)
+    src = _source_rows(rows, field)
+    if kind == "gmlp" and edge_weight is None:
+        return (rows + gmlp_delta(src, index, n, k, has_field, n, cell)).view(state.shape)
+    buf = src.index_select(1, index).view(bsz, n, s, c)
     delta = cell_delta(buf, k, has_field, cell, edge_weight, inplace=False, kind=kind)
     return state + delta.reshape(state.shape)
 
@@ -246,18 +311,21 @@ class FusedKernel:
         idx = self.index((x, y, z), topology, state.device, has_field=has_field)
         grad = needs_grad(state, field, topology.edge_weight, cell=cell)
         state_rows = state.reshape(bsz, n, c)
-        kind = _cell_kind(cell)
+        kind = _cell_kind(cell, topology.edge_weight)
+        # blocking is a CPU cache optimisation; on a GPU it would only multiply kernel launches
+        blocked = self.block_cells > 0 and state.device.type == "cpu"
+        if kind == "gmlp":
+            src = _source_rows(state_rows, field)
+            # a gmlp cell's working set (K gathered 2H-rows) is ~30x an mlp cell's: smaller blocks
+            blk = max(1, self.block_cells // GMLP_BLOCK_DIVISOR // bsz) if blocked and not grad else 0
+            delta = gmlp_delta(src, idx, n, k, has_field, n, cell, block=blk, inplace=not grad)
+            return (state_rows + delta).view_as(state)
         if grad or not self.reuse_buffers:
-            parts = [state_rows] + ([field.reshape(bsz, n, c).to(state.dtype)] if has_field else [])
-            parts.append(state_rows.new_zeros(bsz, 1, c))
-            src = torch.cat(parts, dim=1)
-            buf = src.index_select(1, idx).view(bsz, n, s, c)
+            buf = _source_rows(state_rows, field).index_select(1, idx).view(bsz, n, s, c)
             delta = cell_delta(buf, k, has_field, cell, topology.edge_weight, inplace=not grad, kind=kind)
             return state + delta.view_as(state)
         # no gradient: cell blocks of about block_cells, so the block's buffer and hidden layer stay in cache
         src = self._source(state_rows, field, n)
-        # blocking is a CPU cache optimisation; on a GPU it would only multiply kernel launches
-        blocked = self.block_cells > 0 and state.device.type == "cpu"
         blk = max(1, self.block_cells // bsz) if blocked else n
         ew = topology.edge_weight
         out = torch.empty_like(state_rows)
