@@ -104,6 +104,14 @@ def test_foreign_tokenizer_is_detected(registry, fake_teacher, trained_ret, tmp_
         fresh.load(tmp_path / "a")
 
 
+def test_other_embedding_width_is_detected(registry, fake_teacher, trained_ret, tmp_path):
+    dec, _, _ = trained_ret
+    dec.save(tmp_path / "dec")
+    narrow = _build(registry, CachedEncoder(HashingEncoder(dim=32), enabled=False), RET_TINY)
+    with pytest.raises(CheckpointError, match="decoder expects 64-dim embeddings, the run gives 32"):
+        narrow.load(tmp_path / "dec")
+
+
 def test_other_architecture_is_detected(registry, fake_teacher, trained_ret, tmp_path):
     dec, _, _ = trained_ret
     dec.save(tmp_path / "dec")
@@ -156,6 +164,17 @@ def test_hybrid_falls_back_to_bank_then_beats_both_parts(registry, fake_teacher)
     hc = cos(hyb.decode(queries))
     assert calls == [10] * 6  # per call (pool, decode): the first proposals, then one per round
     assert bool((hc >= h - 1e-6).all()) and len(pool) == 10
+
+    # sampled candidates join the pool (seeded: the same call proposes the same texts), never worse
+    hyb._generated = generated
+    hyb.cfg = hyb.cfg.model_copy(update={"correction_rounds": 0, "samples": 6})
+    samples = hyb.generator.samples(queries[:3], 6)
+    assert [len(r) for r in samples] == [6, 6, 6] and samples == hyb.generator.samples(queries[:3], 6)
+    assert len({t for r in samples for t in r}) > 3  # sampling, not six copies of the greedy text
+    pool = hyb.proposals(queries[:3])
+    assert all(set(s) <= set(p) for s, p in zip(samples, pool))
+    hs = cos(hyb.decode(queries))
+    assert bool((hs >= h - 1e-6).all())
 
 
 def test_hybrid_bank_config_checked_with_path(registry):

@@ -112,6 +112,8 @@ class HybridDecoderConfig(ComponentConfig):
     beams: int = Field(4, ge=1, le=64, description="generated candidates (beam width) per embedding")
     k: int = Field(5, ge=1, le=1000, description="bank candidates per embedding")
     include_greedy: bool = Field(True, description="also add the generator's greedy output as a candidate")
+    samples: int = Field(0, ge=0, le=256, description="sampled candidates per embedding (the generator's "
+                                                      "temperature / top_k / top_p; seeded, so repeatable)")
     correction_rounds: int = Field(0, ge=0, le=8, description="correction rounds: generate again from the target "
                                                               "pushed away from the current best's re-embedding")
     correction_step: float = Field(1.0, gt=0.0, le=10.0, description="correction push: t + step·(t − best)")

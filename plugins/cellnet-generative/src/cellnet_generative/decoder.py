@@ -275,6 +275,14 @@ class GenerativeDecoder:
                 out += [decode_ids(self.tokenizer, r) for r in ids]
         return out
 
+    def samples(self, emb: torch.Tensor, n: int) -> list[list[str]]:
+        """``n`` sampled texts per row (the config's temperature / top_k / top_p), in one seeded
+        pass over ``n`` copies of each embedding: the same call gives the same texts."""
+        if emb.shape[0] == 0 or n <= 0:
+            return [[] for _ in range(emb.shape[0])]
+        texts = self.generate(emb.repeat_interleave(n, dim=0), "sample")
+        return [texts[i * n:(i + 1) * n] for i in range(emb.shape[0])]
+
     def decode(self, emb: torch.Tensor) -> list[str]:
         if emb.shape[0] == 0:
             return []
@@ -352,7 +360,7 @@ class GenerativeDecoder:
                                   f"{None if rows is None else rows.shape[0]} rows, the tokenizer {vocab} entries")
         emb_dim = int(meta["embedding_dim"])
         if self.embedding_dim is not None and emb_dim != self.embedding_dim:
-            raise CheckpointError(f"{meta_path}: decoder expects {emb_dim}-dim embeddings, the run gives "
+            raise CheckpointError(f"{directory / META_FILE}: decoder expects {emb_dim}-dim embeddings, the run gives "
                                   f"{self.embedding_dim}")
         model = self._make_model(vocab, emb_dim)
         try:

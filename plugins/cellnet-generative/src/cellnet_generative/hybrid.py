@@ -1,5 +1,5 @@
 """The ``hybrid`` decoder: a phrase bank proposes its top-k, a generative decoder proposes its
-beams; every candidate is re-embedded with the run's teacher encoder and the one whose embedding is
+beams (plus its greedy output and, with ``samples``, that many sampled texts); every candidate is re-embedded with the run's teacher encoder and the one whose embedding is
 closest (cosine) to the target wins.
 
 Because the bank's best entry and the generator's best beam are both among the candidates, the
@@ -58,6 +58,9 @@ class HybridDecoder:
         if self.cfg.include_greedy:
             for r, g in zip(rows, self.generator.generate(emb, "greedy")):
                 r.append(g)
+        if self.cfg.samples:
+            for r, g in zip(rows, self.generator.samples(emb, self.cfg.samples)):
+                r.extend(g)
         return rows
 
     def candidates(self, emb: torch.Tensor, k: int | None = None) -> list[list[Candidate]]:
