@@ -234,11 +234,14 @@ NOTES = """Why the targets are or are not met, and what was tried:
   every cell K times. The fused kernel projects each source row once (`[R, B, 2H]`, the ghost row
   becomes `GELU(proj(0))`) and then gathers the projected rows, slot-major with the batch inside,
   so the K×K spatial mixing is one `addmm` over `[K, m·B·H]` with no transposing copy; the
-  projection and its GELU run K× less often. Forward it runs in cache-sized blocks; with autograd
-  the lattice is one block (a block's `index_select` backward scatters into the whole projected
-  source, so small blocks would cost O(N²)), which is why `chunked` (its own source per slab) is
-  faster than `fused` in forward+backward at 32³. Edge weights scale neighbour *states* before the
+  projection and its GELU run K× less often. Edge weights scale neighbour *states* before the
   projection, so with edge weights `gmlp` falls back to calling the cell on the gathered buffer.
+- **Forward+backward on large lattices**: with autograd, `fused` hands a lattice of more than
+  `grad_slab_cells` (32768, batch included) to the `chunked` step, so each X-slab has its own
+  source rows and every gather, matmul and backward works on a slab-sized set (blocks inside one
+  source would not do: each block's gather backward scatters into the whole source). This is what
+  lifted 32³ forward+backward (the previous run, one whole-lattice block: mlp 0.79M, nca 0.96M,
+  gmlp 0.19M cell-steps/s).
 - Gather: `index_select` of whole rows into the buffer was measured faster than "pad once + K
   strided slice copies" and than `roll` (docs/plugins/kernels.md); its backward (`index_add_`) is
   ~10% of forward+backward.

@@ -19,6 +19,7 @@ BOUNDARIES = ("periodic", "walls", "reflecting", "absorbing")
 KERNELS = {
     "fused": lambda: FusedKernel(),
     "fused-blocked": lambda: FusedKernel(block_cells=5),  # 2 cells × batch 2 per block: many uneven blocks
+    "fused-grad-slabs": lambda: FusedKernel(grad_slab_cells=7),  # with autograd: 1-plane slabs with halos
     "chunked": lambda: ChunkedKernel(slab=2),  # slabs of 2, 2, 1 planes: uneven last slab included
 }
 

@@ -24,6 +24,11 @@ class FusedKernelConfig(ComponentConfig):
                              description="without gradients, compute about this many cells (batch included) "
                                          "at a time so that the gather buffer and hidden layer stay in cache; "
                                          "0: the whole lattice at once (always so on a GPU)")
+    grad_slab_cells: int = Field(32768, ge=0, le=1 << 31,
+                                 description="with autograd on a CPU, a lattice of more cells than this (batch "
+                                             "included) is computed in X-slabs of about this many cells with a "
+                                             "1-plane halo, as `chunked` does (smaller working sets; same "
+                                             "result); 0: never")
 
 
 class ChunkedKernelConfig(ComponentConfig):
