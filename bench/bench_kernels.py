@@ -223,10 +223,11 @@ NOTES = """Why the targets are or are not met, and what was tried:
   only be modestly faster than `reference` for this cell. Per cell-step the first layer alone is
   2·S·C·H ≈ 14–16 kFLOP (C=16, H=64), so 4M cell-steps/s is already ≈ 60 GFLOP/s in small matmuls
   on 2 cores; 3× the reference's 1.6–4M would need more than this CPU's matmul peak.
-- **The ratios move between runs.** `reference` at 32³ is the least stable row (nca: 1.85M
-  cell-steps/s in the previous quiet run, 0.91M in this one; mlp: 0.90M vs 1.63M), while `fused`
-  moves far less, so ×ref at 32³ swings (nca fwd 2.3× then 4.3×). Read the 16³ and 8³ rows, where
-  both kernels are steady, as the typical speed-up: nca ≈ 2×, mlp ≈ 1.1–1.2×.
+- **The ratios move between runs.** `reference` at 32³ is the least stable row (nca forward:
+  0.91M, 1.11M, 1.85M and 2.01M cell-steps/s in four quiet runs; mlp 0.90M to 3.89M), while
+  `fused` moves far less, so ×ref at 32³ swings (nca forward 2.3× to 4.3×). Read the 16³ and 8³
+  rows, where both kernels are steady, as the typical speed-up: nca ≈ 2×, gmlp ≈ 2–2.5×,
+  mlp ≈ 1.1–1.2×.
 - **`nca`**: the fused kernel folds the depthwise perception into the first layer (one matmul, no
   perception einsum), which is where its speed-up over `reference` comes from, largest in
   forward+backward where the reference's einsum backward is slow.
