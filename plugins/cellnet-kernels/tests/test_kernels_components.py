@@ -170,7 +170,8 @@ def test_compiled_matches_reference_forward_and_backward():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("amp", ["none", "bf16"])
-def test_cuda_kernel_matches_reference(amp):
+@pytest.mark.parametrize("cell_name,edge", [("nca", "per-cell"), ("gmlp", None), ("mlp", "shared")])
+def test_cuda_kernel_matches_reference(amp, cell_name, edge):
     from cellnet_lattice.kernels import ReferenceKernel
 
     from cellnet_kernels.cuda import CudaKernel
@@ -181,9 +182,10 @@ def test_cuda_kernel_matches_reference(amp):
     spec = importlib.util.spec_from_file_location("kc", pathlib.Path(__file__).with_name("conftest.py"))
     h = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(h)
-    state, field, cell, topo = h.make_problem("nca", "moore", "reflecting", edge="per-cell")
+    state, field, cell, topo = h.make_problem(cell_name, "moore", "reflecting", edge=edge)
     state, field, cell, topo = state.cuda(), field.cuda(), cell.cuda(), topo.to("cuda")
-    topo.edge_weight = topo.edge_weight.cuda()
+    if topo.edge_weight is not None:
+        topo.edge_weight = topo.edge_weight.cuda()
     kernel = CudaKernel(amp=amp)
     tol = {} if amp == "none" else {"rtol": 2e-2, "atol": 2e-2}
     with torch.no_grad():
