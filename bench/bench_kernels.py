@@ -93,6 +93,20 @@ def saved_bytes_per_cell_step(kernel, field, cell, topo, steps) -> float:
     return sum(seen.values()) / (cells * steps)
 
 
+def best_times(ks: dict, field, cell, topo, steps: int, repeats: int, timer=time_once) -> dict:
+    """``{(kernel name, backward): best seconds}``: one warm-up of each (compiles, captures), then
+    ``repeats`` rounds interleaving the kernels so that a disturbance hits all of them alike."""
+    for k in ks.values():
+        timer(k, field, cell, topo, steps, False)
+        timer(k, field, cell, topo, steps, True)
+    best = {(n, b): float("inf") for n in ks for b in (False, True)}
+    for _ in range(repeats):
+        for backward in (False, True):
+            for n, k in ks.items():
+                best[(n, backward)] = min(best[(n, backward)], timer(k, field, cell, topo, steps, backward))
+    return best
+
+
 def bench_speed(quick: bool, with_compiled: bool) -> list[dict]:
     rows = []
     repeats = 2 if quick else 4
@@ -101,14 +115,7 @@ def bench_speed(quick: bool, with_compiled: bool) -> list[dict]:
             cell, topo = make(cell_name, shape)
             field = torch.randn(BATCH, *shape, C)
             ks = kernels(with_compiled and shape == SHAPES[0][0])  # compiling costs minutes per shape
-            best = {(n, b): float("inf") for n in ks for b in (False, True)}
-            for n, k in ks.items():  # warm-up (and compile)
-                time_once(k, field, cell, topo, steps, False)
-                time_once(k, field, cell, topo, steps, True)
-            for _ in range(repeats):
-                for backward in (False, True):
-                    for n, k in ks.items():
-                        best[(n, backward)] = min(best[(n, backward)], time_once(k, field, cell, topo, steps, backward))
+            best = best_times(ks, field, cell, topo, steps, repeats)
             work = BATCH * shape[0] * shape[1] * shape[2] * steps
             saved = {n: saved_bytes_per_cell_step(k, field, cell, topo, steps)
                      for n, k in ks.items() if n in ("reference", "fused")}

@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_kernels import CELLS, C, make, rollout  # noqa: E402
+from bench_kernels import CELLS, C, best_times, make, rollout  # noqa: E402
 
 SHAPES = [((16, 16, 16), 8, 4), ((32, 32, 32), 2, 4), ((8, 8, 8), 64, 4), ((64, 64, 64), 8, 8),
           ((128, 128, 128), 4, 4)]
@@ -96,14 +96,7 @@ def main() -> None:
             topo = topo.to(dev)
             field = torch.randn(batch, *shape, C, device=dev)
             ks = gpu_kernels()
-            best = {(n, b): float("inf") for n in ks for b in (False, True)}
-            for n, k in ks.items():  # warm-up: lazy inits, graph capture
-                for b in (False, True):
-                    timed(k, field, cell, topo, steps, b)
-            for _ in range(repeats):
-                for b in (False, True):
-                    for n, k in ks.items():
-                        best[(n, b)] = min(best[(n, b)], timed(k, field, cell, topo, steps, b))
+            best = best_times(ks, field, cell, topo, steps, repeats, timer=timed)
             work = batch * shape[0] * shape[1] * shape[2] * steps
             for n in ks:
                 rows.append({"shape": "×".join(map(str, shape)), "steps": steps, "batch": batch, "cell": cell_name,
