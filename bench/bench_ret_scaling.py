@@ -58,7 +58,8 @@ def report(rows: list[dict], meta: dict) -> list[str]:
                      f"{r['epochs']} ({r['ran']}) | {r['seconds']:.0f} | "
                      f"{r['val_loss']:.2f} | {r['train_loss']:.2f} | {c['bleu']:.1f} | {c['cos']:.3f} | "
                      f"{a['bleu']:.1f} | {a['cos']:.3f} |")
-    small = sorted((r for r in rows if r["model"] == "ret"), key=lambda r: r["ran"])
+    base = meta.get("default_label", "ret")
+    small = sorted((r for r in rows if r["model"] == base), key=lambda r: r["ran"])
     chit = "chitchat (held out)"
     if len(small) >= 2:
         lines += ["", "What more epochs bought (chitchat, held out; per doubling of the epochs actually run):", ""]
@@ -76,7 +77,7 @@ def report(rows: list[dict], meta: dict) -> list[str]:
                          f"{r['train_loss']:.2f}. At {meta['train']} sentences this model overfits, so more "
                          "epochs alone do not approach the targets (BLEU 20, cosine 0.85).")
     for r in rows:
-        if r["model"] != "ret":
+        if r["model"] != base:
             same = [s for s in small if s["ran"] == r["ran"]]
             if same and r.get("sentences", meta["train"]) != meta["train"]:
                 sr, s0 = r["scores"][chit], same[0]["scores"][chit]
@@ -120,6 +121,8 @@ def main() -> None:
     ap.add_argument("--all-data-epochs", type=int, default=None, help="epochs of the default ret on every chitchat "
                     "turn (default 8; quick 1; 0: skip)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dropout", type=float, default=0.0, help="dropout in training for every run (default 0, "
+                    "the decoder's default)")
     ap.add_argument("--chitchat", type=int, default=None,
                     help="chitchat training turns of the main runs (default 40000 as bench_generative; quick 600)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "ret_scaling.md")
@@ -143,19 +146,23 @@ def main() -> None:
 
     d = data_and_bank(q, chitchat, 100 if q else 300)
     enc, reg, ctx = d["enc"], d["reg"], d["ctx"]
-    rows = [train_and_score(reg, ctx, enc, d, "ret", e, {}, args.save) for e in epochs]
+    reg_extra = {"dropout": args.dropout} if args.dropout else {}
+    tag = f", dropout {args.dropout:g}" if args.dropout else ""
+    rows = [train_and_score(reg, ctx, enc, d, "ret" + tag, e, reg_extra, args.save) for e in epochs]
     if big:
-        rows.append(train_and_score(reg, ctx, enc, d, "ret, d_model 192 × 4 layers", big, BIG, args.save))
+        rows.append(train_and_score(reg, ctx, enc, d, "ret, d_model 192 × 4 layers" + tag, big, {**BIG, **reg_extra},
+                                    args.save))
     if all_data:  # the same test turns: split() takes them first, then the training turns
         d_all = data_and_bank(q, 1200 if q else 10 ** 9, 100 if q else 300)
-        rows.append(train_and_score(reg, ctx, enc, d_all, "ret, every chitchat turn", all_data, {}, args.save))
+        rows.append(train_and_score(reg, ctx, enc, d_all, "ret, every chitchat turn" + tag, all_data, reg_extra,
+                                    args.save))
     meta = {"train": len(d["train"]), "answers": len(d["tests"]["chatterbot answers (held out)"]),
             "tests": len(d["tests"]["chitchat (held out)"]),
             "load": [load_before[0], os.getloadavg()[0]], "minutes": (time.perf_counter() - t_start) / 60,
             "threads": torch.get_num_threads(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "torch": torch.__version__, "python": platform.python_version(),
-            "command": "`.venv/bin/python bench/bench_ret_scaling.py" + (" --quick" if q else "")
-                       + f" --threads {args.threads}`"}
+            "command": "`" + " ".join([".venv/bin/python", "bench/bench_ret_scaling.py", *sys.argv[1:]]) + "`",
+            "default_label": "ret" + tag}
     lines = report(rows, meta)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
