@@ -39,7 +39,9 @@ BIG = {"d_model": 192, "n_layers": 4, "n_heads": 4, "ffn_hidden": 512}
 def report(rows: list[dict], meta: dict) -> list[str]:
     """The markdown section for ``rows`` (one per trained model) and the run's ``meta``."""
     cmd = meta["command"]
-    lines = ["## `ret` decoder: held-out quality against training compute and data", "",
+    variant = meta.get("default_label", "ret")[len("ret"):].lstrip(", ")
+    lines = ["## `ret` decoder: held-out quality against training compute and data"
+             + (f" ({variant})" if variant else ""), "",
              f"Machine: {meta['machine']}, {meta['threads']} torch threads, torch {meta['torch']}, Python "
              f"{meta['python']}; load average {meta['load'][0]:.1f} before / {meta['load'][1]:.1f} after. "
              f"Run: {cmd} ({meta['minutes']:.0f} min in all).", "",
