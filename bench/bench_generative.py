@@ -98,6 +98,21 @@ def teacher():
     return CachedEncoder(enc), source, reg
 
 
+def speed_and_examples(speed: dict, examples: list, digits: int, text=lambda h: h) -> list[str]:
+    """The decoding-speed table (``speed[name] = {n, decode, [beam_s]}``) and the example outputs
+    (``(test set, target, {decoder: text})``); shared with bench_prefix_lm.py."""
+    lines = ["| decoder | decode() | beam 4 |", "|---|---:|---:|"]
+    for dname, s in speed.items():
+        beam = f"{s['beam_s']:.{digits}f}" if "beam_s" in s else "–"
+        lines.append(f"| {dname} | {s['n'] / s['decode']:.{digits}f} | {beam} |")
+    lines += ["", "Examples (first three of each test set):", ""]
+    for tname, ref_text, hyps in examples:
+        lines.append(f"- *{tname}* — target: “{ref_text}”")
+        for n, h in hyps.items():
+            lines.append(f"  - {n}: “{text(h)}”")
+    return lines + [""]
+
+
 def data_and_bank(quick: bool, n_chit: int, n_test_chit: int) -> dict:
     """The benchmark's data (training sentences, the two held-out test sets), their teacher
     embeddings (through the disk cache) and the fitted bank; shared with bench_prefix_lm.py."""
@@ -263,17 +278,8 @@ def write(args, source, train, tests, encode_s, decoders, results, speed, exampl
         h = decoders[n]["info"].get("history", [])
         lines.append(f"- {n}: " + ", ".join(f"{r.get('val_loss', r['train_loss']):.2f}" for r in h)
                      + f" (train loss last epoch {h[-1]['train_loss']:.2f})" if h else f"- {n}: –")
-    lines += ["", "Decoding speed (sentences/s, batch of 64, same machine):", "",
-              "| decoder | decode() | beam 4 |", "|---|---:|---:|"]
-    for dname, s in speed.items():
-        beam = f"{s['beam_s']:.1f}" if "beam_s" in s else "–"
-        lines.append(f"| {dname} | {s['n'] / s['decode']:.1f} | {beam} |")
-    lines += ["", "Examples (first three of each test set):", ""]
-    for tname, ref_text, hyps in examples:
-        lines.append(f"- *{tname}* — target: “{ref_text}”")
-        for n, h in hyps.items():
-            lines.append(f"  - {n}: “{h}”")
-    lines.append("")
+    lines += ["", "Decoding speed (sentences/s, batch of 64, same machine):", ""]
+    lines += speed_and_examples(speed, examples, digits=1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     raw = {"results": results, "speed": speed, "train": len(train),
            "decoders": {n: {"params": d["params"], "train_s": d["train_s"],

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # the same data recipe, splits, metrics and teacher as the generative benchmark
-from bench_generative import data_and_bank, score  # noqa: E402
+from bench_generative import data_and_bank, score, speed_and_examples  # noqa: E402
 
 CHIT, ANS = "chitchat (held out)", "chatterbot answers (held out)"
 
@@ -185,17 +185,8 @@ def write(args, source, train, tests, encode_s, bank_name, bank_fit_s, info, res
     lines += ["",
               "Held-out loss (nats/token) at each evaluation: "
               + ", ".join(f"{r['val_loss']:.2f}@{r['step']}" for r in info["history"] if "val_loss" in r) + ".",
-              "", "Decoding speed (sentences/s, same machine; the bank includes no generation):", "",
-              "| decoder | decode() | beam 4 |", "|---|---:|---:|"]
-    for dname, s in speed.items():
-        beam = f"{s['beam_s']:.2f}" if "beam_s" in s else "–"
-        lines.append(f"| {dname} | {s['n'] / s['decode']:.2f} | {beam} |")
-    lines += ["", "Examples (first three of each test set):", ""]
-    for tname, ref_text, hyps in examples:
-        lines.append(f"- *{tname}* — target: “{ref_text}”")
-        for n, h in hyps.items():
-            lines.append(f"  - {n}: “{one_line(h)}”")
-    lines.append("")
+              "", "Decoding speed (sentences/s, same machine; the bank includes no generation):", ""]
+    lines += speed_and_examples(speed, examples, digits=2, text=one_line)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     if args.json:

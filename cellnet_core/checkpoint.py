@@ -152,14 +152,21 @@ def write_manifest(run_dir: str | Path, files: Iterable[str | Path], extra: dict
     return manifest
 
 
-def read_manifest(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / MANIFEST
+def read_json(path: str | Path, missing: str) -> Any:
+    """A JSON file's content; :class:`CheckpointError` ``"<path>: missing (<missing>)"`` when it is
+    not there and ``"<path>: damaged (<why>)"`` when it does not parse."""
+    path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path}: missing (is this a cellnet run directory?)")
+        raise CheckpointError(f"{path}: missing ({missing})")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: damaged ({exc})") from None
+
+
+def read_manifest(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / MANIFEST
+    manifest = read_json(path, "is this a cellnet run directory?")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise CheckpointError(f"{path}: damaged (no 'files' table)")
     return manifest

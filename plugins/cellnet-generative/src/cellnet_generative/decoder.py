@@ -4,7 +4,6 @@ training loop + generation + save/load."""
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from pathlib import Path
@@ -13,7 +12,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from cellnet_core.checkpoint import atomic_write_json, atomic_write_text, load_tensors, save_tensors, sha256_file
+from cellnet_core.checkpoint import (atomic_write_json, atomic_write_text, load_tensors, read_json, save_tensors,
+                                     sha256_file)
 from cellnet_core.errors import CheckpointError, ConfigError, DataError
 from cellnet_core.interfaces import Candidate
 from cellnet_generative import __version__
@@ -31,12 +31,7 @@ FORMAT = "cellnet-generative-decoder"
 def read_decoder_meta(meta_path: Path, fmt: str, kind: str, cfg: Any, fields: Sequence[str]) -> dict[str, Any]:
     """The JSON a decoder's ``save`` wrote, checked: present, parseable, of format ``fmt`` and kind
     ``kind``, and trained with the same ``fields`` as ``cfg``; else :class:`CheckpointError` naming it."""
-    if not meta_path.exists():
-        raise CheckpointError(f"{meta_path}: missing (not a '{kind}' decoder directory)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{meta_path}: damaged ({exc})") from None
+    meta = read_json(meta_path, f"not a '{kind}' decoder directory")
     if not isinstance(meta, dict) or meta.get("format") != fmt or meta.get("kind") != kind:
         held = meta.get("kind") if isinstance(meta, dict) else None
         raise CheckpointError(f"{meta_path}: holds a '{held}' decoder, the config asks for '{kind}'")
@@ -46,6 +41,24 @@ def read_decoder_meta(meta_path: Path, fmt: str, kind: str, cfg: Any, fields: Se
             raise CheckpointError(f"{meta_path}: decoder was trained with {f}={saved.get(f)!r}, the config "
                                   f"says {getattr(cfg, f)!r}")
     return meta
+
+
+def saved_embedding_dim(meta_path: Path, meta: dict[str, Any], expected: int | None) -> int:
+    """The embedding width a saved decoder was trained for; :class:`CheckpointError` when the run
+    gives another one (``expected`` None: anything goes)."""
+    emb_dim = int(meta["embedding_dim"])
+    if expected is not None and emb_dim != expected:
+        raise CheckpointError(f"{meta_path}: decoder expects {emb_dim}-dim embeddings, the run gives {expected}")
+    return emb_dim
+
+
+def load_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path, what: str) -> torch.nn.Module:
+    """``module`` with ``tensors`` loaded strictly, in eval mode; a mismatch is a :class:`CheckpointError`."""
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: does not match the {what} ({str(exc).splitlines()[0]})") from None
+    return module.eval()
 
 
 def split_by_text(texts: Sequence[str], val_fraction: float, gen: torch.Generator) -> tuple[list[int], list[int]]:
@@ -358,17 +371,9 @@ class GenerativeDecoder:
         if rows is None or rows.shape[0] != vocab:
             raise CheckpointError(f"{directory / WEIGHTS_FILE}: embedding table has "
                                   f"{None if rows is None else rows.shape[0]} rows, the tokenizer {vocab} entries")
-        emb_dim = int(meta["embedding_dim"])
-        if self.embedding_dim is not None and emb_dim != self.embedding_dim:
-            raise CheckpointError(f"{directory / META_FILE}: decoder expects {emb_dim}-dim embeddings, the run gives "
-                                  f"{self.embedding_dim}")
-        model = self._make_model(vocab, emb_dim)
-        try:
-            model.load_state_dict(tensors, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{directory / WEIGHTS_FILE}: does not match the decoder "
-                                  f"({str(exc).splitlines()[0]})") from None
-        self.tokenizer, self.model, self.embedding_dim = tok, model.eval(), emb_dim
+        emb_dim = saved_embedding_dim(directory / META_FILE, meta, self.embedding_dim)
+        model = load_strict(self._make_model(vocab, emb_dim), tensors, directory / WEIGHTS_FILE, "decoder")
+        self.tokenizer, self.model, self.embedding_dim = tok, model, emb_dim
         self.history = meta.get("history", [])
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import json
 import math
 import time
 from pathlib import Path
@@ -34,7 +33,8 @@ from cellnet_core.errors import CheckpointError, ConfigError, DataError, Missing
 from cellnet_core.interfaces import Candidate
 from cellnet_generative import __version__
 from cellnet_generative.config import ARCHITECTURE_FIELDS, PrefixLMDecoderConfig
-from cellnet_generative.decoder import length_batches, read_decoder_meta, split_by_text
+from cellnet_generative.decoder import (length_batches, load_strict, read_decoder_meta, saved_embedding_dim,
+                                        split_by_text)
 
 META_FILE = "decoder.json"
 WEIGHTS_FILE = "adapter.safetensors"
@@ -485,17 +485,10 @@ class PrefixLMDecoder:
             raise CheckpointError(f"{weights}: damaged or replaced (sha256 {digest[:12]}…, the manifest records "
                                   f"{str(meta.get('adapter_sha256'))[:12]}…)")
         tensors = load_tensors(weights)
-        emb_dim = int(meta["embedding_dim"])
-        if self.embedding_dim is not None and emb_dim != self.embedding_dim:
-            raise CheckpointError(f"{meta_path}: decoder expects {emb_dim}-dim embeddings, the run gives "
-                                  f"{self.embedding_dim}")
+        emb_dim = saved_embedding_dim(meta_path, meta, self.embedding_dim)
         self._load_lm()
-        adapter = self._make_adapter(emb_dim)
-        try:
-            adapter.load_state_dict(tensors, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{weights}: does not match the adapter ({str(exc).splitlines()[0]})") from None
-        self.adapter, self.embedding_dim = adapter.eval(), emb_dim
+        self.adapter = load_strict(self._make_adapter(emb_dim), tensors, weights, "adapter")
+        self.embedding_dim = emb_dim
         self.history = meta.get("history", [])
 
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from cellnet_core.checkpoint import atomic_write_json, atomic_write_text
+from cellnet_core.checkpoint import atomic_write_json, atomic_write_text, read_json
 from cellnet_core.errors import CheckpointError, ConfigError, DataError
 from cellnet_core.interfaces import Candidate
 
@@ -455,12 +455,7 @@ class PhrasebankDecoder:
         for p in (texts_path, directory / INDEX_FILE):
             if not p.exists():
                 raise CheckpointError(f"{p}: missing (phrase bank files: {INDEX_FILE}, {TEXTS_FILE}, {META_FILE})")
-        meta: dict[str, Any] = {}
-        if meta_path.exists():
-            try:
-                meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise CheckpointError(f"{meta_path}: damaged ({exc})") from None
+        meta: dict[str, Any] = read_json(meta_path, "") if meta_path.exists() else {}
         texts = []
         for no, line in enumerate(texts_path.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
