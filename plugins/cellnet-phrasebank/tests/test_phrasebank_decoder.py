@@ -12,7 +12,7 @@ from cellnet_core.builtin.components import HashingEncoder
 from cellnet_core.errors import CellnetError, CheckpointError, ConfigError, DataError
 from cellnet_phrasebank.config import PhrasebankConfig
 from cellnet_phrasebank.decoder import NO_MATCH, PhrasebankDecoder, build_phrasebank
-from cellnet_phrasebank.text import join_phrases, postprocess
+from cellnet_phrasebank.text import is_question, join_phrases, postprocess
 
 PHRASES = [
     "hello there", "how are you today", "i am fine thank you", "what is your name", "my name is cell",
@@ -242,6 +242,52 @@ def test_fit_drops_identical_texts(fake_teacher):
     meta = dec.fit(PHRASES + PHRASES[:3], fake_teacher.encode(PHRASES + PHRASES[:3]))
     assert len(dec) == len(PHRASES) and meta["duplicates_dropped"] == 3
     assert dec.add(PHRASES[:2], fake_teacher.encode(PHRASES[:2])) == 0
+
+
+# -- answers, not questions -------------------------------------------------------------------------
+def test_is_question_needs_every_sentence_to_ask():
+    assert is_question("How are you doing?") and is_question("Why?  When?") and is_question('Is it "true?"')
+    assert is_question("¿Qué tal？")
+    assert not is_question("I'm doing well. How are you?")  # an answer that asks back
+    assert not is_question("No.  Do you?") and not is_question("Yes I am.") and not is_question("")
+
+
+def test_fit_leaves_questions_out_unless_asked_to_keep_them(fake_teacher):
+    texts = ["How are you doing?", "I am doing well.", "What is your name?", "My name is Cell. And yours?"]
+    dec = make(fake_teacher)
+    meta = dec.fit(texts, fake_teacher.encode(texts))
+    assert dec.texts == ["I am doing well.", "My name is Cell. And yours?"]
+    assert meta["questions_dropped"] == 2 and meta["texts"] == 2
+    # the question's own embedding now retrieves an answer, not the question back
+    assert dec.decode(fake_teacher.encode(["How are you doing?"])) == ["I am doing well."]
+    keep = make(fake_teacher, include_questions=True)
+    assert keep.fit(texts, fake_teacher.encode(texts))["questions_dropped"] == 0
+    assert keep.texts == texts
+    assert keep.decode(fake_teacher.encode(["How are you doing?"])) == ["How are you doing?"]
+
+
+def test_a_bank_of_only_questions_is_refused_with_the_option_named(fake_teacher):
+    texts = ["How are you?", "Why?"]
+    with pytest.raises(DataError, match="all 2 texts given to fit.. are questions; set decoder.include_questions"):
+        make(fake_teacher).fit(texts, fake_teacher.encode(texts))
+
+
+def test_chatterbot_bank_holds_answers(fake_teacher):
+    """On the default dataset the training answers include chained turns that only ask ("How are
+    you doing?" answers "Hi"): the bank built from them holds none of those."""
+    pytest.importorskip("cellnet_datasets")
+    pytest.importorskip("chatterbot_corpus")
+    from cellnet_datasets.corpora import build_chatterbot
+    from cellnet_datasets.config import ChatterbotConfig
+
+    answers = list(dict.fromkeys(p.answer for p in build_chatterbot(ChatterbotConfig()).pairs("train")))
+    asked = [t for t in answers if is_question(t)]
+    assert "How are you doing?" in asked and len(asked) > 50
+    dec = make()
+    dec.fit(answers, clustered(len(answers), 16, seed=1))
+    assert not [t for t in dec.texts if is_question(t)]
+    assert len(dec) == len(answers) - len(asked)
+    assert "I'm doing well. How are you?" in dec.texts  # an answer with a question back stays
 
 
 # -- files ----------------------------------------------------------------------------------------

@@ -89,4 +89,8 @@ class PhrasebankConfig(ComponentConfig):
     texts_file: str | None = Field(
         None, description="file of phrases (one per line, or .jsonl with a 'text' field) encoded with the run's "
                           "encoder at fit time and added to the bank; alone it builds the bank on first use")
+    include_questions: bool = Field(
+        False, description="keep texts that are only questions (every sentence ends with '?', e.g. 'How are you "
+                           "doing?') when fit() builds the bank; by default they are left out, so that the bank "
+                           "answers rather than asks back (texts_file phrases and add() are never filtered)")
     seed: int = Field(0, ge=0, description="seed of IVF training and of the recall sample")

@@ -30,7 +30,7 @@ from cellnet_core.interfaces import Candidate
 
 from cellnet_phrasebank.config import PhrasebankConfig
 from cellnet_phrasebank.index import INDEX_FILE, IndexParams, PhraseIndex, normalize_rows
-from cellnet_phrasebank.text import join_phrases, postprocess
+from cellnet_phrasebank.text import is_question, join_phrases, postprocess
 
 TEXTS_FILE = "texts.jsonl"
 META_FILE = "meta.json"
@@ -140,9 +140,18 @@ class PhrasebankDecoder:
 
     def fit(self, texts: Sequence[str], embs: Any) -> dict[str, Any]:
         """Build the bank from ``texts`` and their embeddings ``[N, D]`` (plus the phrases of
-        ``texts_file`` when set). Identical texts are kept once (the first embedding wins).
-        Returns :attr:`meta` (index type, size, build time, measured recall)."""
+        ``texts_file`` when set). Identical texts are kept once (the first embedding wins); texts
+        that are only questions (:func:`~cellnet_phrasebank.text.is_question`) are left out unless
+        ``include_questions`` is set. Returns :attr:`meta` (index type, size, build time, measured recall)."""
         texts, vecs = self._prepare(texts, embs)
+        given = len(texts)
+        if not self.cfg.include_questions and given:
+            answers = [i for i, t in enumerate(texts) if not is_question(t)]
+            if not answers and not self.cfg.texts_file:
+                raise DataError(f"decoder 'phrasebank': all {given} texts given to fit() are questions; "
+                                "set decoder.include_questions: true to build a bank of questions")
+            texts, vecs = [texts[i] for i in answers], vecs[answers]
+        questions_dropped = given - len(texts)
         if self.cfg.texts_file:
             ft, fv = self._file_phrases()
             if len(texts) and len(ft) and fv.shape[1] != vecs.shape[1]:
@@ -162,6 +171,7 @@ class PhrasebankDecoder:
         self.bank = PhraseIndex(IndexParams.from_config(self.cfg))
         self.bank.build(np.ascontiguousarray(vecs[idx]))
         self.bank.meta["duplicates_dropped"] = len(texts) - len(self.texts)
+        self.bank.meta["questions_dropped"] = questions_dropped
         self.clear_cache()
         return self.meta
 

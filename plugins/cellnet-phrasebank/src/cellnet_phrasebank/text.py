@@ -10,6 +10,17 @@ _SENTENCE_START = re.compile(r"(^|[.!?]\s+)([a-z])")
 # a word (letters, digits, apostrophes) followed by the same word, case-insensitive
 _REPEAT = re.compile(r"\b(\w[\w']*)(\s+\1\b)+", re.IGNORECASE)
 _END = re.compile(r"[.!?…:;\"')\]]$")
+# a sentence ends at . ! ? … (full-width too) followed by white space
+_SENTENCES = re.compile(r"(?<=[.!?…。！？])\s+")
+_CLOSERS = "\"')]»”’ "
+
+
+def is_question(text: str) -> bool:
+    """True when every sentence of ``text`` is a question (ends with ``?`` or ``？``, closing quotes
+    and brackets aside): "How are you doing?" and "Why? When?" are questions; "I'm doing well.
+    How are you?" is an answer with a question back, and so is not."""
+    sentences = [s.rstrip(_CLOSERS) for s in _SENTENCES.split(text.strip()) if s.strip()]
+    return bool(sentences) and all(s.endswith(("?", "？")) for s in sentences)
 
 
 def postprocess(text: str, steps: Sequence[str]) -> str:
