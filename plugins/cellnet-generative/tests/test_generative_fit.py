@@ -13,6 +13,7 @@ from cellnet_core.builtin.components import HashingEncoder
 from cellnet_core.cache import CachedEncoder
 from cellnet_core.errors import CheckpointError, ConfigError
 from cellnet_core.pipeline import BuildContext
+from cellnet_generative.quality import degenerate_reason
 from cellnet_generative.testing import SENTENCES
 
 RET_TINY = {"name": "ret", "d_model": 64, "n_layers": 2, "n_heads": 2, "ffn_hidden": 128, "prefix_len": 2,
@@ -169,7 +170,8 @@ def test_hybrid_falls_back_to_bank_then_beats_both_parts(registry, fake_teacher)
     hyb._generated = generated
     hyb.cfg = hyb.cfg.model_copy(update={"correction_rounds": 0, "samples": 6})
     samples = hyb.generator.samples(queries[:3], 6)
-    assert [len(r) for r in samples] == [6, 6, 6] and samples == hyb.generator.samples(queries[:3], 6)
+    # up to 6 per row: degenerate samples of this briefly trained generator are left out
+    assert all(3 <= len(r) <= 6 for r in samples) and samples == hyb.generator.samples(queries[:3], 6)
     assert len({t for r in samples for t in r}) > 3  # sampling, not six copies of the greedy text
     pool = hyb.proposals(queries[:3])
     assert all(set(s) <= set(p) for s, p in zip(samples, pool))
@@ -182,3 +184,40 @@ def test_hybrid_bank_config_checked_with_path(registry):
         registry.config_for("decoder", {"name": "hybrid", "bank": {"name": "nearst"}})
     with pytest.raises(ConfigError, match="cannot itself be 'hybrid'"):
         registry.config_for("decoder", {"name": "hybrid", "bank": {"name": "hybrid"}})
+
+
+# -- degenerate generated texts ------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["I", "y", ".", "IIIII.", "🤖🤖🤖", "?!?!", "no no no no", "Hmmmmm"])
+def test_degenerate_texts_are_recognised(text):
+    assert degenerate_reason(text) is not None
+
+
+@pytest.mark.parametrize("text", ["No.", "Hi", "Yes I am.", "1945", "I am what I am.", "C++ is fine.", "Everywhere"])
+def test_short_real_answers_are_not_degenerate(text):
+    assert degenerate_reason(text) is None
+
+
+def test_generator_and_hybrid_never_propose_degenerate_texts(registry, fake_teacher, trained_ret, monkeypatch):
+    """Whatever the model writes, "I", "IIIII.", "." and "y" reach neither decode, candidates,
+    samples nor the hybrid's ranking; with filter_degenerate off they pass through unchanged."""
+    import cellnet_generative.decoder as decoder_module
+
+    dec, embs, _ = trained_ret
+    written = iter(["I", "IIIII.", ".", "y", "🤖🤖🤖", "my name is cell."] * 1000)
+    monkeypatch.setattr(decoder_module, "decode_ids", lambda tok, ids: next(written))
+    assert dec.decode(embs[:6]) == ["", "", "", "", "", "my name is cell."]
+    assert [[c.text for c in r] for r in dec.candidates(embs[:1], 6)] == [["my name is cell."]]
+    assert dec.samples(embs[:1], 6) == [["my name is cell."]]
+
+    hyb = _build(registry, fake_teacher, {"name": "hybrid", "bank": {"name": "nearest"}, "generator": RET_TINY,
+                                          "beams": 6, "k": 2, "samples": 6})
+    hyb.bank.fit(SENTENCES[:4], fake_teacher.encode(SENTENCES[:4]))
+    hyb.generator.tokenizer, hyb.generator.model, hyb.generator.embedding_dim = dec.tokenizer, dec.model, 64
+    pool = hyb.proposals(fake_teacher.encode(["I", "🤖🤖🤖"]))
+    assert all(degenerate_reason(t) is None for r in pool for t in r)
+    assert all("my name is cell." in r for r in pool)
+
+    raw = dec.__class__(dec.cfg.model_copy(update={"filter_degenerate": False}), embedding_dim=64)
+    raw.tokenizer, raw.model = dec.tokenizer, dec.model
+    written = iter(["I", "IIIII.", ".", "y", "🤖🤖🤖", "my name is cell."])
+    assert raw.decode(embs[:6]) == ["I", "IIIII.", ".", "y", "🤖🤖🤖", "my name is cell."]

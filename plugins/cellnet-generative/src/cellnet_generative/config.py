@@ -67,6 +67,19 @@ class GenerativeDecoderConfig(ComponentConfig):
                                       description="divide logits of already generated tokens by this (1: off)")
     max_new_tokens: int = Field(48, ge=1, le=1024, description="most tokens generated per sentence")
     batch_decode: int = Field(64, ge=1, le=8192, description="embeddings decoded per batch")
+    # -- degenerate output ------------------------------------------------------------------
+    filter_degenerate: bool = Field(
+        True, description="drop generated texts that are too short, repeat themselves or are not made of words "
+                          "('I', 'IIIII.', '.', 'y'): decode gives '' for them, candidates and samples leave them out")
+    min_chars: int = Field(2, ge=0, le=100, description="degenerate below this many letters or digits")
+    min_alnum_share: float = Field(0.5, ge=0.0, le=1.0,
+                                   description="degenerate when letters and digits are less than this share of "
+                                               "the non-space characters")
+    max_char_run: int = Field(3, ge=1, le=100,
+                              description="degenerate when a letter repeats more than this many times in a row")
+    min_distinct_words: float = Field(0.5, ge=0.0, le=1.0,
+                                      description="degenerate when, with 4 or more words, fewer than this share of "
+                                                  "them are distinct")
     seed: int | None = Field(None, ge=0, description="seed for init/training/sampling (default: the run's seed)")
 
 

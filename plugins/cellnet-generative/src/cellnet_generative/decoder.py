@@ -20,6 +20,7 @@ from cellnet_generative import __version__
 from cellnet_generative.config import ARCHITECTURE_FIELDS, GenerativeDecoderConfig
 from cellnet_generative.generation import GenerationOptions, beam_search, generate
 from cellnet_generative.models import CctMambaLM, RetLM
+from cellnet_generative.quality import filter_options, is_degenerate
 from cellnet_generative.tokenizer import BOS, EOS, PAD, decode_ids, train_tokenizer
 
 META_FILE = "decoder.json"
@@ -271,8 +272,16 @@ class GenerativeDecoder:
                               f"got {list(emb.shape)}")
         return emb.detach().float().to(self.device)
 
+    def _acceptable(self, text: str) -> bool:
+        """False for an empty text and, with ``filter_degenerate``, for a degenerate one."""
+        if not text.strip():
+            return False
+        options = filter_options(self.cfg)
+        return options is None or not is_degenerate(text, **options)
+
     def generate(self, emb: torch.Tensor, strategy: str | None = None, beams: int | None = None) -> list[str]:
-        """``[B, D]`` → B texts with ``strategy`` (default: the config's)."""
+        """``[B, D]`` → B texts with ``strategy`` (default: the config's); ``""`` where the text
+        written is degenerate (``filter_degenerate``)."""
         emb = self._check_emb(emb)
         strategy = strategy or self.cfg.strategy
         self.model.eval()
@@ -286,15 +295,16 @@ class GenerativeDecoder:
             else:
                 ids = generate(self.model, e, self._opts(), sample=strategy == "sample", generator=gen)
                 out += [decode_ids(self.tokenizer, r) for r in ids]
-        return out
+        return [t if self._acceptable(t) else "" for t in out]
 
     def samples(self, emb: torch.Tensor, n: int) -> list[list[str]]:
-        """``n`` sampled texts per row (the config's temperature / top_k / top_p), in one seeded
-        pass over ``n`` copies of each embedding: the same call gives the same texts."""
+        """Up to ``n`` sampled texts per row (the config's temperature / top_k / top_p), in one
+        seeded pass over ``n`` copies of each embedding: the same call gives the same texts.
+        Degenerate samples are left out."""
         if emb.shape[0] == 0 or n <= 0:
             return [[] for _ in range(emb.shape[0])]
         texts = self.generate(emb.repeat_interleave(n, dim=0), "sample")
-        return [texts[i * n:(i + 1) * n] for i in range(emb.shape[0])]
+        return [[t for t in texts[i * n:(i + 1) * n] if t] for i in range(emb.shape[0])]
 
     def decode(self, emb: torch.Tensor) -> list[str]:
         if emb.shape[0] == 0:
@@ -302,7 +312,9 @@ class GenerativeDecoder:
         return self.generate(emb)
 
     def candidates(self, emb: torch.Tensor, k: int = 5) -> list[list[Candidate]]:
-        """Beam hypotheses (width ``max(k, beams)``), score = length-normalised log-probability."""
+        """Beam hypotheses (width ``max(k, beams)``), score = length-normalised log-probability;
+        empty and (``filter_degenerate``) degenerate texts are left out, so a row may hold fewer
+        than ``k``."""
         if emb.shape[0] == 0:
             return []
         emb = self._check_emb(emb)
@@ -314,7 +326,7 @@ class GenerativeDecoder:
                 seen, cands = set(), []
                 for ids, score in row:
                     text = decode_ids(self.tokenizer, ids)
-                    if text not in seen:
+                    if text not in seen and self._acceptable(text):
                         seen.add(text)
                         cands.append(Candidate(text, score))
                 out.append(cands[:k])
