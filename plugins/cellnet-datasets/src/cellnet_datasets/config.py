@@ -37,6 +37,8 @@ class ChatterbotConfig(SplitConfig):
     categories: list[str] | None = Field(
         None, description="keep only these topics: file names (ai, greetings, ...) or the category names inside "
                           "the files, case-insensitive (None: all)")
+    context_turns: int = Field(3, ge=1, le=64, description="turns of history in each context item (the last k turns "
+                                                           "before the answer, oldest first; fewer at a conversation's start)")
 
 
 class FaqConfig(SplitConfig):
@@ -58,6 +60,8 @@ class ChitchatConfig(SplitConfig):
                                                            "in a seeded order (None: all ~131k)")
     min_chars: int = Field(2, ge=1, le=10000, description="drop pairs where either turn is shorter (characters)")
     max_chars: int = Field(300, ge=1, le=100000, description="drop pairs where either turn is longer (characters)")
+    context_turns: int = Field(3, ge=1, le=64, description="turns of history in each context item (the last k turns "
+                                                           "before the answer, oldest first; fewer at a conversation's start)")
 
     @model_validator(mode="after")
     def _lengths(self):
@@ -116,3 +120,25 @@ class SelectionConfig(FileConfig):
     question_field: str = Field("question", min_length=1, description="JSON field of the question")
     candidates_field: str = Field("candidates", min_length=1, description="JSON field of the candidate list")
     labels_field: str = Field("labels", min_length=1, description="JSON field of the 0/1 labels")
+
+
+class SquadConfig(SplitConfig):
+    """SQuAD v1.1 / v2.0 (Rajpurkar et al. 2016, 2018; CC BY-SA 4.0) in the official JSON layout,
+    plain or gzip. Paragraphs are cut into sentences (pysbd); answer selection ranks a paragraph's
+    sentences for each question. Split by article: no paragraph is on two sides."""
+
+    name: Literal["squad"] = "squad"
+    path: str = Field("dev-v1.1", min_length=1,
+                      description="a SQuAD JSON file (.json or .json.gz), or 'dev-v1.1' / 'dev-v2.0' for the dev "
+                                  "sets bundled with cellnet-datasets")
+    seed: int = Field(56851, ge=0, description="seed of the article split; the default gives the bundled v1.1 dev "
+                                               "7,520 / 1,628 / 1,168 train / val / test questions")
+    val_fraction: float = Field(0.154, ge=0.0, lt=1.0, description="share of questions (by whole articles) in 'val'")
+    test_fraction: float = Field(0.11, ge=0.0, lt=1.0, description="share of questions (by whole articles) in 'test'")
+    max_pairs: int | None = Field(None, ge=1, description="keep at most this many questions, by whole articles in a "
+                                                          "seeded order, before splitting (None: all)")
+    max_train_questions: int | None = Field(None, ge=1, description="keep at most this many training questions, by "
+                                                                    "whole paragraphs in a seeded order, after the "
+                                                                    "split (val and test unchanged; None: all)")
+    unanswerable: bool = Field(True, description="keep v2.0's unanswerable questions as selection items without a "
+                                                 "positive (marked 'unanswerable'); False drops them")

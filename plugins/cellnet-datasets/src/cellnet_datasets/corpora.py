@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -19,8 +19,10 @@ from cellnet_core.interfaces import Pair
 
 from cellnet_datasets.config import ChatterbotConfig, ChitchatConfig, FaqConfig, SplitConfig
 from cellnet_datasets.splits import (
+    ConversationDataset,
     SplitDataset,
     clean_pairs,
+    clean_text,
     merge_groups_sharing_questions,
     question_key,
     split_groups,
@@ -28,13 +30,31 @@ from cellnet_datasets.splits import (
 )
 
 
-def _finish(name: str, pairs: list[Pair], cfg: SplitConfig, info: dict[str, Any]) -> SplitDataset:
-    """Clean, cap, split: the common tail of every dataset."""
+#: most turns of history kept per context item (the ``context_turns`` limit)
+MAX_HISTORY = 64
+
+
+def _finish(name: str, pairs: list[Pair], cfg: SplitConfig, info: dict[str, Any],
+            history: dict[tuple[str, str], tuple[str, ...]] | None = None) -> SplitDataset:
+    """Clean, cap, split: the common tail of every dataset. With ``history`` (cleaned
+    (question, answer) → the turns up to the question), a :class:`ConversationDataset`."""
     pairs = clean_pairs(pairs)
     info["pairs_after_cleaning"] = len(pairs)
     pairs = subsample_groups(pairs, lambda p: p.group, cfg.max_pairs, cfg.seed)
     split = split_groups(pairs, lambda p: p.group, cfg.seed, cfg.val_fraction, cfg.test_fraction)
-    return SplitDataset(name, split, info=info)
+    if history is None:
+        return SplitDataset(name, split, info=info)
+    return ConversationDataset(name, split, history, cfg.context_turns, info=info)
+
+
+def _remember(history: dict[tuple[str, str], tuple[str, ...]], turns: Sequence[str], j: int) -> None:
+    """Record the turns up to ``turns[j]`` for the pair ``(turns[j], turns[j + 1])``, cleaned like
+    :func:`clean_pairs` (the first conversation holding a pair gives its history, as it gives
+    the pair)."""
+    key = (clean_text(turns[j]), clean_text(turns[j + 1]))
+    if key not in history:
+        past = [t for t in (clean_text(x) for x in turns[max(0, j + 1 - MAX_HISTORY):j + 1]) if t]
+        history[key] = tuple(past)
 
 
 # -- ChatterBot ---------------------------------------------------------------------------------
@@ -86,16 +106,18 @@ def build_chatterbot(cfg: ChatterbotConfig, ctx: Any = None) -> SplitDataset:
         files = tuple(f for f in files
                       if f[0].casefold() in wanted or any(c.casefold() in wanted for c in f[1]))
     pairs = []
+    history: dict[tuple[str, str], tuple[str, ...]] = {}
     for stem, _, convs in files:
         for i, conv in enumerate(convs):
-            for q, a in zip(conv, conv[1:]):
+            for j, (q, a) in enumerate(zip(conv, conv[1:])):
                 pairs.append(Pair(q, a, f"{stem}#{i}"))
+                _remember(history, conv, j)
     raw = len(pairs)
     # The corpus repeats a question over several conversations (one per alternative answer);
     # grouping by conversation alone would put "What is AI?" in train and in test.
     pairs = merge_groups_sharing_questions(clean_pairs(pairs))
     info = {"source": f"chatterbot-corpus/{cfg.language}", "files": [f[0] for f in files], "raw_pairs": raw}
-    return _finish("chatterbot", pairs, cfg, info)
+    return _finish("chatterbot", pairs, cfg, info, history)
 
 
 # -- construction FAQ ---------------------------------------------------------------------------
@@ -162,11 +184,13 @@ def build_chitchat(cfg: ChitchatConfig, ctx: Any = None) -> SplitDataset:
     pairs = []
     raw = 0
     lo, hi = cfg.min_chars, cfg.max_chars
+    history: dict[tuple[str, str], tuple[str, ...]] = {}
     for cid, turns in convs:
-        for q, a in zip(turns, turns[1:]):
+        for j, (q, a) in enumerate(zip(turns, turns[1:])):
             raw += 1
             if lo <= len(q) <= hi and lo <= len(a) <= hi:
                 pairs.append(Pair(q, a, cid))
+                _remember(history, turns, j)
     info = {"source": "chitchat-dataset", "conversations": len(convs), "raw_pairs": raw,
             "pairs_after_length_filter": len(pairs)}
-    return _finish("chitchat", pairs, cfg, info)
+    return _finish("chitchat", pairs, cfg, info, history)

@@ -8,6 +8,7 @@ from cellnet_datasets import config as c
 
 _CORPORA = "cellnet_datasets.corpora"
 _USER = "cellnet_datasets.user"
+_SQUAD = "cellnet_datasets.squad"
 
 
 @hookimpl
@@ -27,3 +28,7 @@ def cellnet_register_components(registry) -> None:
                  summary="your sentences, one per line or JSONL 'text' (decoders, autoencoders)")
     registry.add("dataset", "selection", c.SelectionConfig, f"{_USER}:build_selection",
                  summary="your answer-selection items: question, candidates, 0/1 labels (JSONL)")
+    registry.add("dataset", "squad", c.SquadConfig, f"{_SQUAD}:build_squad",
+                 summary="SQuAD v1.1/v2.0 (bundled dev sets or your file): question → its paragraph's sentences, "
+                         "split by article",
+                 requires=("pysbd",), install_hint="pip install pysbd")

@@ -9,6 +9,7 @@ added or removed.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence, TypeVar
 
 from cellnet_core.errors import ConfigError
@@ -17,6 +18,16 @@ from cellnet_core.interfaces import Pair, SelectionItem
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 T = TypeVar("T")
+
+
+@dataclass
+class ContextItem:
+    """A conversation's last turns → its next turn. ``turns`` oldest first, the last one being the
+    question of the matching :class:`Pair`; ``group`` as in :class:`Pair`."""
+
+    turns: list[str]
+    answer: str
+    group: str = ""
 
 
 def stable_unit(seed: int, purpose: str, key: str) -> float:
@@ -193,3 +204,29 @@ class SelectionDataset(SplitDataset):
         assert self._selection is not None
         return [SelectionItem(it.question, list(it.candidates), list(it.labels))
                 for it in self._selection[check_split(split)]]
+
+
+class ConversationDataset(SplitDataset):
+    """A split dataset of conversations that also offers :class:`ContextItem` s: one per pair of
+    the split, in the same order, with up to ``context_turns`` turns ending at the pair's question
+    (same split as the pairs, so no conversation is on two sides)."""
+
+    def __init__(self, name: str, pairs: dict[str, list[Pair]], history: dict[tuple[str, str], tuple[str, ...]],
+                 context_turns: int, info: dict | None = None):
+        super().__init__(name, pairs, info=info)
+        #: (question, answer) → the conversation's turns up to and including the question
+        self._history = dict(history)
+        self.context_turns = context_turns
+
+    def context(self, split: str, turns: int | None = None) -> list[ContextItem]:
+        """The ``split``'s context items: the last ``turns`` turns (default: the dataset's
+        ``context_turns``; fewer at a conversation's start), oldest first → the next turn.
+        ``context(s)[i]`` belongs to ``pairs(s)[i]``."""
+        k = self.context_turns if turns is None else int(turns)
+        if k < 1:
+            raise ConfigError(f"context: turns must be at least 1, got {k}")
+        out = []
+        for p in self._pairs[check_split(split)]:
+            hist = self._history.get((p.question, p.answer), (p.question,))
+            out.append(ContextItem(list(hist[-k:]), p.answer, p.group))
+        return out
