@@ -60,6 +60,14 @@ class BuildContext:
 
 @dataclass
 class Answer:
+    """One answer of :meth:`Pipeline.answer`.
+
+    ``text``: the decoded answer ("" when the decoder has no confident one); ``score``: the
+    decoder's score of that text (cosine similarity to the lattice's output embedding for the
+    built-in and phrase-bank decoders); ``candidates``: up to ``k`` ``{"text", "score"}`` rows, best
+    first; ``steps``: the lattice steps run (None for a core without steps).
+    """
+
     question: str
     text: str
     score: float
@@ -77,7 +85,16 @@ def _is_module(obj: Any) -> bool:
 
 
 class Pipeline:
-    """A built run: every part plus the config that made it."""
+    """A built run: every part plus the config that made it.
+
+    Build one from a config with :meth:`build` (untrained) or :func:`cellnet_core.api.train`, load
+    a saved one with :meth:`load` / :func:`cellnet_core.api.load_run`. ``run_dir`` is the run
+    directory it was loaded from or trained into (None for a pipeline only built);
+    ``train_info`` the manifest's ``train`` entry after :func:`~cellnet_core.api.train`.
+    """
+
+    run_dir: Path | None = None
+    train_info: dict[str, Any] | None = None
 
     def __init__(self, config: Any, registry: Any, encoder: Any, reshaper: Any, core: Any, decoder: Any,
                  device: Any, cache_dir: str | Path | None = None):
@@ -94,6 +111,9 @@ class Pipeline:
     @classmethod
     def build(cls, config: Any, registry: Any, *, cache_dir: str | Path | None = None,
               use_cache: bool = True) -> "Pipeline":
+        """Build every part of ``config`` (a validated run config) with the registry's factories,
+        untrained; ``encode`` goes through the embedding cache in ``cache_dir`` (default
+        :func:`cellnet_core.cache.default_cache_dir`) unless ``use_cache`` is false."""
         import torch
 
         from cellnet_core.cache import CachedEncoder
@@ -120,28 +140,79 @@ class Pipeline:
         """``texts`` → ``[B, D]`` teacher embeddings (cached on disk)."""
         return self.encoder.encode(list(texts))
 
+    def encode_tokens(self, texts: Sequence[str]):
+        """``texts`` → per text ``(ids [L], states [L, D])`` token states of the teacher (cached on
+        disk); :class:`~cellnet_core.errors.ConfigError` when the encoder gives none."""
+        if getattr(self, "_tokens", None) is None:
+            from cellnet_core.token_cache import TokenCache
+
+            self._tokens = TokenCache(self.encoder, self.cache_dir,
+                                      enabled=getattr(self.encoder, "enabled", True))
+        return self._tokens.get(list(texts))
+
+    @property
+    def scores_pairs(self) -> bool:
+        """True when the reshaper places a (question, candidate) pair on the lattice and reads a
+        relevance score (``pair_inputs`` / ``pair_field`` / ``pair_score``)."""
+        return callable(getattr(self.reshaper, "pair_field", None))
+
     def think(self, emb):
-        """``[B, D]`` → ``[B, D']`` through reshaper → core → reshaper."""
+        """``[B, D]`` → ``[B, D']`` through reshaper → core → reshaper.
+
+        A pair-scoring pipeline (:attr:`scores_pairs`) returns the question's own embedding: it
+        retrieves candidates by it and ranks them with :meth:`score_pairs`."""
         emb = emb.to(self.device)
+        if self.scores_pairs:
+            return emb
         state = self.core(self.reshaper.to_field(emb))
         return self.reshaper.from_state(state)
 
+    def score_pairs(self, questions: Sequence[str], candidates: Sequence[str], batch: int = 512):
+        """Relevance ``[N]`` of each ``(questions[i], candidates[i])`` pair, higher is better.
+
+        A pair-scoring reshaper writes both texts onto the lattice, the core runs, the reshaper
+        reads the score. Any other pipeline scores by the cosine between ``think(question)`` and
+        the candidate's embedding. Gradients flow when called under ``torch.enable_grad`` in
+        training mode (the listwise strategy does); ``batch`` bounds the pairs per core call."""
+        import torch
+
+        questions, candidates = list(questions), list(candidates)
+        if len(questions) != len(candidates):
+            raise ValueError(f"score_pairs: {len(questions)} questions for {len(candidates)} candidates")
+        if not questions:
+            return torch.zeros(0)
+        if not self.scores_pairs:
+            out = self.think(self.encode(questions))
+            cand = self.encode(candidates).to(out.device)
+            return torch.nn.functional.cosine_similarity(out.float(), cand.float(), dim=-1)
+        parts = []
+        for i in range(0, len(questions), batch):
+            inputs = self.reshaper.pair_inputs(self, questions[i:i + batch], candidates[i:i + batch])
+            state = self.core(self.reshaper.pair_field(inputs))
+            parts.append(self.reshaper.pair_score(state, inputs))
+        return torch.cat(parts)
+
     def decode(self, emb) -> list[str]:
+        """``[B, D']`` embeddings → ``B`` texts through the decoder."""
         return self.decoder.decode(emb.detach().to("cpu"))
 
     def trainable_modules(self) -> dict[str, Any]:
+        """The parts that are ``nn.Module``s (reshaper, core), by name."""
         return {n: m for n, m in (("reshaper", self.reshaper), ("core", self.core)) if _is_module(m)}
 
     def parameters(self):
+        """Every parameter of the trainable parts (for an optimizer)."""
         for m in self.trainable_modules().values():
             yield from m.parameters()
 
     def train(self, mode: bool = True) -> "Pipeline":
+        """Put the trainable parts in training mode (``mode=False``: evaluation mode)."""
         for m in self.trainable_modules().values():
             m.train(mode)
         return self
 
     def eval(self) -> "Pipeline":
+        """Evaluation mode (no stochastic firing, early stop by ``tol`` where the core has it)."""
         return self.train(False)
 
     def answer(self, texts: Sequence[str], k: int = 5) -> list[Answer]:
@@ -158,6 +229,8 @@ class Pipeline:
         cands: list[list[Any]] = [[] for _ in texts]
         if hasattr(self.decoder, "candidates"):
             cands = self.decoder.candidates(out, k)
+        if self.scores_pairs and hasattr(self.decoder, "candidates"):
+            decoded, cands = self._rerank(texts, out, k)
         steps = getattr(self.core, "last_steps", None)
         answers = []
         for i, q in enumerate(texts):
@@ -169,7 +242,31 @@ class Pipeline:
             answers.append(Answer(q, decoded[i], score, row, steps))
         return answers
 
+    #: how many of the decoder's candidates a pair-scoring pipeline reranks
+    RERANK_POOL = 20
+
+    def _rerank(self, texts: list[str], out, k: int) -> tuple[list[str], list[list[Any]]]:
+        """Bank top-``RERANK_POOL`` by the question's embedding, reordered by :meth:`score_pairs`."""
+        import torch
+
+        from cellnet_core.interfaces import Candidate
+
+        pool = self.decoder.candidates(out, max(k, self.RERANK_POOL))
+        flat_q = [q for q, row in zip(texts, pool) for _ in row]
+        flat_c = [c.text for row in pool for c in row]
+        with torch.no_grad():
+            scores = self.score_pairs(flat_q, flat_c).detach().cpu().tolist() if flat_c else []
+        decoded, ranked, at = [], [], 0
+        for row in pool:
+            s = scores[at:at + len(row)]
+            at += len(row)
+            order = sorted(range(len(row)), key=lambda j: -s[j])
+            ranked.append([Candidate(row[j].text, float(s[j])) for j in order][:k])
+            decoded.append(row[order[0]].text if row else "")
+        return decoded, ranked
+
     def state_tensors(self) -> dict[str, Any]:
+        """Every trainable part's ``state_dict`` in one flat mapping, keys prefixed ``reshaper.`` / ``core.``."""
         out = {}
         for name, module in self.trainable_modules().items():
             for k, v in module.state_dict().items():
@@ -177,6 +274,7 @@ class Pipeline:
         return out
 
     def load_state_tensors(self, tensors: dict[str, Any], source: str = WEIGHTS) -> None:
+        """Load what :meth:`state_tensors` gave (strict); a mismatch raises :class:`CheckpointError`."""
         for name, module in self.trainable_modules().items():
             sub = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
             try:
@@ -226,6 +324,7 @@ class Pipeline:
             if hasattr(part, "load") and (run_dir / part_name).exists():
                 part.load(run_dir / part_name)
         pipe.eval()
+        pipe.run_dir = run_dir
         return pipe
 
 

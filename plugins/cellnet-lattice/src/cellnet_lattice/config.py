@@ -100,7 +100,7 @@ class LatticeCoreConfig(ComponentConfig):
     kernel_options: dict[str, Any] = Field(
         default_factory=dict, description="options of the chosen kernel (e.g. {slab_cells: 262144} for chunked, "
                                           "{amp: bf16} for cuda, {block_cells: 0} for fused); checked against "
-                                          "that kernel's config when the core is built")
+                                          "that kernel's config by `cellnet validate` and before training")
     checkpoint_steps: bool = Field(False, description="gradient checkpointing over steps (less memory, "
                                                       "one extra forward)")
     state_clip: float = Field(0.0, ge=0.0, description="clamp the state to [-state_clip, state_clip] after "
@@ -119,6 +119,31 @@ class LatticeCoreConfig(ComponentConfig):
             raise ValueError(f"plasticity rule '{self.plasticity.rule}' changes the connection weights; "
                              "set edge_weights to shared or per-cell")
         return self
+
+    def check_run(self, run: Any, registry: Any) -> None:
+        """``kernel_options`` against the kernel's config, at validation time (no torch import).
+
+        With ``kernel: auto`` the kernel depends on the device: the options must suit one of the
+        kernels ``auto`` may choose for ``run.device`` (CUDA: cuda, fused, reference; CPU: fused,
+        reference); the error names the first of them.
+        """
+        if not self.kernel_options:
+            return
+        if self.kernel != "auto":
+            candidates = [self.kernel]
+        else:
+            device = str(getattr(run, "device", "auto"))
+            order = ("fused", "reference") if device in ("cpu", "mps") else ("cuda", "fused", "reference")
+            names = set(registry.names("kernel"))
+            candidates = [n for n in order if n in names] or ["reference"]
+        first = None
+        for name in candidates:
+            try:
+                registry.config_for("kernel", {"name": name, **self.kernel_options}, where="core.kernel_options")
+                return
+            except Exception as exc:  # noqa: BLE001 - a ConfigError naming the path and field
+                first = first or exc
+        raise first  # type: ignore[misc]
 
 
 class ReferenceKernelConfig(ComponentConfig):
@@ -189,3 +214,63 @@ class PermutedReshaperConfig(ComponentConfig):
                               "surface (farthest first), random (seeded), index (plain reshape order)")
     importance: Literal["index", "variance"] = Field(
         "index", description="dim importance: index (dim 0 most important) or variance (set by fit(embs) on data)")
+
+
+# -- pair scorers (cellnet_lattice.pair) -----------------------------------------------------------
+class PairFacesReshaperConfig(ComponentConfig):
+    """Pair scorer: the question's embedding on one face, the candidate's on the opposite face;
+    score = cos(q, c) + a readout of the lattice state (zero at init: starts at the identity ranking)."""
+
+    name: Literal["pair-faces"] = "pair-faces"
+    shape: Shape = Field((8, 8, 4), description="lattice (X, Y, Z); the faces are the two ends of q_face's axis")
+    channels: int = Field(6, ge=1, le=4096, description="state channels C per cell")
+    q_face: Face = Field("z=0", description="the question's face; the candidate goes on the opposite one")
+    adapter: Literal["learned", "exact"] = Field(
+        "learned", description="learned: Linear(D → face points·C) per slot (orthonormal init); exact: no "
+                               "parameters, the D dims fill the face in order (face points × C must equal D)")
+    shared: bool = Field(False, description="learned adapters: one for both slots")
+    readout_hidden: int = Field(32, ge=1, le=4096, description="hidden units of the score readout")
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, v: Shape) -> Shape:
+        if any(s < 1 or s > 1024 for s in v):
+            raise ValueError(f"every size must be in 1..1024, got {list(v)}")
+        return v
+
+
+class InteractionGridReshaperConfig(ComponentConfig):
+    """Pair scorer on token states: question tokens × candidate tokens on the z=0 plane (channels:
+    token cosine, exact token match, optional learned products); score = cos(q, c) + readout."""
+
+    name: Literal["interaction-grid"] = "interaction-grid"
+    shape: Shape = Field((16, 48, 1), description="(question tokens, candidate tokens, depth Z); longer texts are cut")
+    channels: int = Field(4, ge=1, le=4096, description="state channels C per cell (≥ features + projection)")
+    features: tuple[Literal["cos", "exact"], ...] = Field(
+        ("cos", "exact"), description="parameter-free input channels: cos (token-state cosine), exact (same token)")
+    projection: int = Field(0, ge=0, le=256, description="learned product channels (W h_q) ⊙ (W h_c); 0: none "
+                                                         "(then the reshaper has no parameters but the readout)")
+    readout_hidden: int = Field(32, ge=1, le=4096, description="hidden units of the score readout")
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, v: Shape) -> Shape:
+        if any(s < 1 or s > 1024 for s in v):
+            raise ValueError(f"every size must be in 1..1024, got {list(v)}")
+        return v
+
+
+class PairMLPReshaperConfig(ComponentConfig):
+    """Baseline pair scorer without a lattice (use core: identity): cos(q, c) + MLP([q, c, q⊙c, |q−c|])."""
+
+    name: Literal["pair-mlp"] = "pair-mlp"
+    hidden: int = Field(64, ge=1, le=65536, description="hidden units (choose to match a lattice scorer's size)")
+
+
+class ConvGridCoreConfig(ComponentConfig):
+    """Baseline core for the interaction grid: residual 2D convolutions on each z plane."""
+
+    name: Literal["conv-grid"] = "conv-grid"
+    hidden: int = Field(16, ge=1, le=4096, description="hidden channels of each block")
+    layers: int = Field(3, ge=0, le=256, description="residual blocks")
+    kernel_size: int = Field(3, ge=1, le=15, description="spatial kernel size (odd)")

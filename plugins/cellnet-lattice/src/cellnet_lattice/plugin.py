@@ -21,3 +21,14 @@ def cellnet_register_components(registry) -> None:
                  summary="learned linear projection of the embedding onto every cell×channel and back")
     registry.add("reshaper", "permuted", c.PermutedReshaperConfig, f"{_PKG}.reshapers:build_permuted",
                  summary="importance-ordered placement of the embedding's dims (explicit permutation, exact inverse)")
+    registry.add("reshaper", "pair-faces", c.PairFacesReshaperConfig, f"{_PKG}.pair:build_pair_faces",
+                 summary="pair scorer: question embedding on one face, candidate on the opposite face, "
+                         "score read from the lattice (starts at the identity cosine)")
+    registry.add("reshaper", "interaction-grid", c.InteractionGridReshaperConfig,
+                 f"{_PKG}.pair:build_interaction_grid",
+                 summary="pair scorer on token states: question × candidate token grid (cosine, exact match) "
+                         "on a plane; the lattice grows phrase matches")
+    registry.add("reshaper", "pair-mlp", c.PairMLPReshaperConfig, f"{_PKG}.pair:build_pair_mlp",
+                 summary="baseline pair scorer without a lattice (core: identity): cos + MLP([q, c, q⊙c, |q−c|])")
+    registry.add("core", "conv-grid", c.ConvGridCoreConfig, f"{_PKG}.pair:build_conv_grid",
+                 summary="baseline core for interaction-grid: residual 2D convolutions of the lattice cell's size")

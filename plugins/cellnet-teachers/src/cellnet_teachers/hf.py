@@ -219,6 +219,48 @@ class HFEncoder(Teacher):
         return out
 
 
+    @property
+    def token_fingerprint(self) -> str:
+        """Cache key of :meth:`encode_tokens` (the model and layer; pooling and preprocessing do not apply)."""
+        return f"{self.base_fingerprint}:tokens-v1"
+
+    @torch.no_grad()
+    def encode_tokens(self, texts: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per text, its token ids ``[L]`` (int64) and L2-normalised token states ``[L, D0]``
+        (float16, CPU) from the configured layer, special tokens (CLS/SEP/BOS/EOS/PAD) left out.
+
+        A text whose tokens are all special (e.g. an empty string) gets its first token back,
+        so every text has at least one row. Batched by length like :meth:`base_encode`."""
+        from cellnet_core.run import progress
+
+        texts = list(texts)
+        ids = self._tokenize(texts)
+        special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]), reverse=True)
+        out: list[Any] = [None] * len(texts)
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        bar = batches
+        if len(texts) > PROGRESS_MIN_TEXTS:
+            bar = progress(batches, total=len(batches), desc=f"token states of {len(texts)} texts", unit="batch")
+        for idx in bar:
+            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+            input_ids = batch["input_ids"].to(self.device)
+            mask = batch["attention_mask"].to(self.device)
+            want_hidden = self.layer != -1
+            res = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=want_hidden)
+            self.forward_calls += 1
+            hidden = res.last_hidden_state if not want_hidden else res.hidden_states[self.layer]
+            hidden = torch.nn.functional.normalize(hidden.float(), dim=-1).to("cpu", torch.float16)
+            for row, i in enumerate(idx):
+                tok = torch.tensor(ids[i], dtype=torch.long)
+                keep = torch.tensor([t not in special for t in ids[i]], dtype=torch.bool)
+                if not keep.any():
+                    keep[0] = True
+                pos = keep.nonzero().squeeze(1)
+                out[i] = (tok[pos], hidden[row, :len(ids[i])][pos].clone())
+        return out
+
+
 def resolve_encoder_device(name: str, ctx: Any) -> torch.device:
     if name == "auto":
         dev = getattr(ctx, "device", None) if ctx is not None else None

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cellnet_core.config import ComponentConfig
 
 LossName = Literal["cosine", "mse", "infonce", "triplet"]
-ValMetric = Literal["mrr", "recall@1", "recall@10", "cosine", "loss"]
+ValMetric = Literal["auto", "map", "mrr", "recall@1", "recall@10", "cosine", "loss"]
+#: objectives that ``mix`` can add beside a strategy's own
+MixName = Literal["autoencoder", "dialogue"]
 
 
 class LossTerm(BaseModel):
@@ -55,20 +57,53 @@ class OptimisationConfig(ComponentConfig):
     mine_every: int = Field(1, ge=1, le=1000, description="re-mine hard negatives every this many epochs")
     selection_negatives: bool = Field(
         True, description="for datasets with answer selection, add the labelled wrong candidates as negatives")
-    val_metric: ValMetric = Field("mrr", description="validation metric for early stopping and best checkpoint "
-                                                     "(ranking among the validation split's answers)")
+    val_metric: ValMetric = Field(
+        "auto", description="validation metric for early stopping and best checkpoint. On datasets with answer "
+                            "selection (selection('val')) map and mrr rank each question's own candidates, as "
+                            "'cellnet eval' does; otherwise mrr, recall@1 and recall@10 rank the validation "
+                            "split's pooled answers. auto: map on selection data, mrr otherwise")
     early_stopping: int = Field(5, ge=0, le=100000,
                                 description="stop after this many epochs without validation improvement (0: off)")
     restore_best: bool = Field(True, description="end with the weights of the best validation epoch")
     max_val_questions: int = Field(2000, ge=1, le=10**7, description="validate on at most this many questions")
     fit_decoder: bool = Field(True, description="after training, fit the decoder on the training answers")
     plots: bool = Field(True, description="write training-curve PNGs into the run directory")
+    init_from: Optional[str] = Field(
+        None, description="warm start: a run directory whose weights.safetensors (manifest verified, every "
+                          "tensor's shape checked) replace the reshaper and core weights before epoch 0")
+    input_noise: float = Field(
+        0.0, ge=0.0, le=10.0, description="standard deviation of Gaussian noise added to each component of the "
+                                          "input embeddings in training steps (never in validation); seeded by "
+                                          "(seed, epoch, step), so a resumed run is unchanged")
+    mix: dict[MixName, Annotated[float, Field(gt=0.0, le=1000.0)]] = Field(
+        default_factory=dict, description="a second objective in the same run with its weight, e.g. "
+                                          "{autoencoder: 0.3}: loss = own loss + 0.3 × reconstruction (cosine) of "
+                                          "the training texts; {dialogue: w} beside autoencoder adds w × infonce "
+                                          "of question → answer")
 
     @field_validator("loss")
     @classmethod
     def _non_empty(cls, v: Any) -> Any:
         if isinstance(v, list) and not v:
             raise ValueError("give at least one loss term")
+        return v
+
+    @field_validator("init_from")
+    @classmethod
+    def _init_from(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not v.strip():
+            raise ValueError("give a run directory or leave init_from out")
+        return v
+
+    @field_validator("mix")
+    @classmethod
+    def _mix(cls, v: dict[str, float]) -> dict[str, float]:
+        own = cls.model_fields["name"].default
+        same = {"autoencoder": {"autoencoder"}}.get(own, {"dialogue"})
+        clash = sorted(set(v) & same)
+        if clash:
+            raise ValueError(f"'{clash[0]}' is this strategy's own objective; mix adds the other one "
+                             f"({'dialogue' if own == 'autoencoder' else 'autoencoder'})")
         return v
 
 
@@ -141,3 +176,33 @@ class DecoderTrainingConfig(ComponentConfig):
         "answers", description="answers: the answers of pairs(split); texts: texts(split); both")
     include_val: bool = Field(False, description="also fit on the validation split")
     max_texts: int = Field(0, ge=0, le=10**8, description="use at most this many texts, a seeded sample (0: all)")
+
+
+class ListwiseConfig(ComponentConfig):
+    """Listwise training of a pair-scoring pipeline on answer-selection data (cellnet_training.listwise)."""
+
+    name: Literal["listwise"] = "listwise"
+    epochs: int = Field(10, ge=0, le=100000, description="passes over the training questions")
+    batch_size: int = Field(32, ge=1, le=65536, description="questions per optimisation step")
+    lr: float = Field(1.0e-3, gt=0.0, le=10.0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.01, ge=0.0, le=10.0, description="AdamW decoupled weight decay")
+    schedule: Literal["constant", "cosine"] = Field("cosine", description="after warm-up: constant or cosine decay")
+    warmup_epochs: float = Field(0.5, ge=0.0, le=1000.0, description="linear warm-up over this many epochs")
+    min_lr_ratio: float = Field(0.05, ge=0.0, le=1.0, description="cosine schedule ends at this fraction of lr")
+    lr_scale: dict[Literal["reshaper", "core"], Annotated[float, Field(ge=0.0, le=1000.0)]] = Field(
+        default_factory=dict, description="learning-rate multiplier per part; 0 freezes it")
+    temperature: float = Field(0.05, gt=0.0, le=10.0, description="softmax temperature τ over each question's candidates")
+    in_batch: int = Field(4, ge=0, le=1024, description="right answers of this many other questions of the batch "
+                                                        "join each question's candidates as negatives")
+    max_candidates: int = Field(32, ge=0, le=10000, description="own candidates per question and step (positives "
+                                                                "always kept, wrong ones sampled; 0: all)")
+    grad_clip: float = Field(1.0, ge=0.0, le=1.0e6, description="clip the gradient norm to this (0: off)")
+    val_metric: Literal["map", "mrr"] = Field(
+        "map", description="validation on each question's own candidates: map or mrr (early stopping, best checkpoint)")
+    early_stopping: int = Field(3, ge=0, le=100000, description="stop after this many epochs without improvement (0: off)")
+    restore_best: bool = Field(True, description="end with the weights of the best validation epoch (0: the untrained scorer)")
+    max_train_questions: Optional[int] = Field(None, ge=1, le=10**7, description="train on at most this many questions "
+                                                                                 "(the first of the split; scaling curves)")
+    max_val_questions: int = Field(2000, ge=1, le=10**7, description="validate on at most this many questions")
+    fit_decoder: bool = Field(True, description="after training, fit the decoder on the training answer sentences")
+    init_from: Optional[str] = Field(None, description="warm start from another run's weights.safetensors (shapes checked)")

@@ -20,6 +20,9 @@ def cellnet_register_components(registry) -> None:
                  summary="fit the pipeline's decoder on texts and their embeddings")
     registry.add("strategy", "distill", c.DistillConfig, f"{_IMPL}:build_distill",
                  summary="multi-teacher distillation of answer embeddings into reshaper+core")
+    registry.add("strategy", "listwise", c.ListwiseConfig, "cellnet_training.listwise:build_listwise",
+                 summary="train a pair scorer on answer selection: softmax over each question's candidates "
+                         "(labelled wrong ones and in-batch answers), validated by per-question MAP")
 
 
 @hookimpl
