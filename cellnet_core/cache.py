@@ -23,12 +23,30 @@ from cellnet_core.checkpoint import atomic_write_bytes, atomic_write_text
 MAX_SHARDS = 32
 
 
-def default_cache_dir() -> Path:
+def cellnet_home() -> Path:
+    """Where cellnet keeps what it downloads and computes: ``$CELLNET_HOME``, else ``~/.cache/cellnet``.
+
+    One location for every command, whoever starts it (make or a plain ``cellnet``): the embedding
+    cache (``embeddings/``), converted teacher models (``models/``), ``ask``'s line history.
+    """
+    env = os.environ.get("CELLNET_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "cellnet"
+
+
+def cache_dir_source() -> tuple[Path, str]:
+    """The embedding cache folder and how it was chosen (for ``cellnet cache info``)."""
     env = os.environ.get("CELLNET_CACHE_DIR")
     if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "cellnet" / "embeddings"
+        return Path(env).expanduser(), "set by $CELLNET_CACHE_DIR"
+    if os.environ.get("CELLNET_HOME"):
+        return cellnet_home() / "embeddings", "$CELLNET_HOME/embeddings"
+    return cellnet_home() / "embeddings", "the default, ~/.cache/cellnet/embeddings ($CELLNET_HOME unset)"
+
+
+def default_cache_dir() -> Path:
+    """The embedding cache: ``$CELLNET_CACHE_DIR`` if set, else ``<cellnet home>/embeddings``
+    (see :func:`cellnet_home`)."""
+    return cache_dir_source()[0]
 
 
 def text_key(text: str) -> str:
@@ -177,6 +195,7 @@ class CachedEncoder:
 
 
 def cache_info(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """One row per encoder fingerprint in the cache: fingerprint, dir, shards, texts, bytes."""
     from safetensors import safe_open
 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -200,6 +219,7 @@ def cache_info(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
 
 
 def cache_clear(cache_dir: str | Path | None = None) -> int:
+    """Remove the cache's fingerprint folders (nothing else under the root); return the shards removed."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if not root.exists():
         return 0

@@ -59,12 +59,25 @@ def cmd_plugins(args) -> int:
     return 0
 
 
+def _fmt_default(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
 def cmd_components(args) -> int:
     _, registry = _load()
     from cellnet_core.registry import KINDS, _unknown_message
 
     if args.kind and args.kind not in KINDS:
         raise ConfigError(_unknown_message("kind", args.kind, list(KINDS), "--kind"))
+    if args.fields and not args.name:
+        raise ConfigError("components: --fields lists one component's config fields; give its NAME, "
+                          "e.g. 'cellnet components lattice --fields'")
+    if args.name:
+        return _component_detail(registry, args)
     rows = registry.describe(args.kind)
     if args.json:
         _print(rows, True)
@@ -76,6 +89,39 @@ def cmd_components(args) -> int:
             print(f"{kind}:")
         miss = f"  [needs: {', '.join(r['missing'])}]" if r["missing"] else ""
         print(f"  {r['name']:<14} {r['summary']}  ({r['plugin']}){miss}")
+    print("(a component's config fields: cellnet components NAME --fields)")
+    return 0
+
+
+def _component_detail(registry, args) -> int:
+    from cellnet_core.config import describe_fields
+    from cellnet_core.registry import _unknown_message
+
+    kinds = [args.kind] if args.kind else [k for k in registry.kinds() if args.name in registry.names(k)]
+    entries = [registry.get(k, args.name, where="components") for k in kinds if args.name in registry.names(k)]
+    if not entries:
+        every = sorted({n for k in registry.kinds() for n in registry.names(k)} if not args.kind
+                       else set(registry.names(args.kind)))
+        raise ConfigError(_unknown_message(args.kind or "component", args.name, every, "components"))
+    out = []
+    for e in entries:
+        doc = (e.config_cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        out.append({"kind": e.kind, "name": e.name, "plugin": e.plugin, "summary": e.summary or doc,
+                    "fields": describe_fields(e.config_cls)})
+    if args.json:
+        _print(out if len(out) > 1 else out[0], True)
+        return 0
+    for i, row in enumerate(out):
+        if i:
+            print()
+        print(f"{row['kind']} '{row['name']}' ({row['plugin']}): {row['summary']}")
+        if not row["fields"]:
+            print("  (no fields besides name)")
+        for f in row["fields"]:
+            default = "" if f["type"] == "mapping" and f["default"] is None else f" = {_fmt_default(f['default'])}"
+            print(f"  {f['field']}: {f['type']}{default}")
+            if f["description"]:
+                print(f"      {f['description']}")
     return 0
 
 
@@ -86,12 +132,28 @@ def cmd_validate(args) -> int:
     bad = 0
     for path in args.configs:
         try:
-            load_config(registry, path, args.set)
+            config = load_config(registry, path, args.set)
+            # what training builds first: a missing or malformed data file fails here too
+            registry.build("dataset", config.data, None)
             print(f"{path}: ok")
-        except ConfigError as exc:
+        except CellnetError as exc:
             print(str(exc), file=sys.stderr)
             bad += 1
     return 2 if bad else 0
+
+
+def cmd_config(args) -> int:
+    import yaml
+
+    from cellnet_core import api
+
+    pm, registry = _load()
+    data = api.resolved_config(args.source, args.set, plugins=(pm, registry))
+    if args.json:
+        _print(data, True)
+    else:
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return 0
 
 
 def cmd_schema(args) -> int:
@@ -108,65 +170,48 @@ def cmd_schema(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from cellnet_core.checkpoint import atomic_write_text
-    from cellnet_core.config import apply_overrides, config_to_dict, load_config, read_yaml, validate_run_config
-    from cellnet_core.pipeline import CONFIG_FILE, Pipeline
-    from cellnet_core.run import RunContext
+    from cellnet_core import api
+    from cellnet_core.run import prepare_run_dir, target_of
 
     pm, registry = _load()
-    if args.nproc and args.nproc > 1:
+    if args.resume and args.config:
+        raise ConfigError("train: give a CONFIG file or --resume RUN_DIR, not both (a resumed run keeps its "
+                          "own config; change it with --set)")
+    if args.resume and args.run_dir:
+        raise ConfigError("train: --resume RUN_DIR names the run; drop --run-dir")
+    if not args.resume and not args.config:
+        raise ConfigError("train: give a CONFIG file or --resume RUN_DIR")
+    if args.resume:
+        run_dir = target_of(args.resume)
+        config = None
+    else:
+        run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config)
+        config = args.config
+    if args.nproc and args.nproc > 1 and api.STAGING_ENV not in os.environ:
         try:
             from cellnet_training.distributed import launch
         except ImportError:
             raise ConfigError("--nproc needs the cellnet-training plugin (pip install -e plugins/cellnet-training)") from None
-        argv = [a for a in sys.argv[1:]]
-        return int(launch(args.nproc, argv) or 0)
-    if args.resume:
-        run_dir = Path(args.resume)
-        cfg_path = run_dir / CONFIG_FILE
-        if not cfg_path.exists():
-            raise ConfigError(f"{cfg_path}: missing; --resume needs a run directory made by 'cellnet train'")
-        config = validate_run_config(registry, apply_overrides(read_yaml(cfg_path), args.set), source=str(cfg_path))
-    else:
-        if not args.config:
-            raise ConfigError("train: give a CONFIG file or --resume RUN_DIR")
-        config = load_config(registry, args.config, args.set)
-        run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config)
-    # the dataset first: a bad data file fails before any model loads or any file is written
-    data = registry.build("dataset", config.data, None)
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    import yaml
-
-    if rank == 0:
-        atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    t0 = time.perf_counter()
-    if world > 1 and "LOCAL_RANK" in os.environ:
-        import torch
-
-        if torch.cuda.is_available() and config.device in ("auto", "cuda"):
-            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # one GPU per process
-    pipeline = Pipeline.build(config, registry)
-    if rank == 0:
-        print(f"run directory: {run_dir}", file=sys.stderr)
-        kernel = getattr(pipeline.core, "kernel_name", None)
-        if kernel:
-            print(f"lattice kernel: {kernel}", file=sys.stderr)
-    strategy = registry.build("strategy", config.training, None)
-    run = RunContext(run_dir, seed=config.seed, resume=bool(args.resume), hook=pm.hook, rank=rank, world_size=world)
-    result = strategy.fit(pipeline, data, run)
-    if rank != 0:
-        return 0
-    extras = [p for p in sorted(run_dir.glob("*.png"))] + [p for p in (run_dir / "metrics.jsonl",) if p.exists()]
-    pipeline.save(run_dir, extra_files=extras, manifest_extra={"train": {
-        "epochs": result.epochs, "best_epoch": result.best_epoch, "seconds": round(time.perf_counter() - t0, 2),
-        "metrics": result.metrics}})
-    pm.hook.cellnet_on_train_end(run_dir=str(run_dir), result=result)
-    shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.metrics.items())
-    print(f"trained in {time.perf_counter() - t0:.1f}s; {shown}")
-    print(f"saved run: {run_dir}")
+        # check and prepare once here, so that every worker writes the same partial directory
+        api.load_config(config if config is not None else api.find_run_config(run_dir), args.set,
+                        plugins=(pm, registry))
+        partial = prepare_run_dir(run_dir, overwrite=args.overwrite, resume=bool(args.resume))
+        os.environ[api.STAGING_ENV], os.environ[api.TARGET_ENV] = str(partial), str(run_dir)
+        rc = int(launch(args.nproc, list(sys.argv[1:])) or 0)
+        if rc:
+            _interrupted_hint(partial, run_dir)
+        return rc
+    pipe = api.train(config, run_dir, overwrite=args.overwrite, resume=bool(args.resume),
+                     overrides=args.set, plugins=(pm, registry))
+    if pipe.train_info is not None:
+        print(f"saved run: {pipe.run_dir}")
     return 0
+
+
+def _interrupted_hint(partial: Path, run_dir: Path) -> None:
+    from cellnet_core.api import interrupted_note
+
+    print(interrupted_note(partial, run_dir), file=sys.stderr)
 
 
 def _questions(args) -> list[str]:
@@ -177,15 +222,56 @@ def _questions(args) -> list[str]:
     return [line.strip() for line in sys.stdin if line.strip()]
 
 
+def _readline_history() -> Any:
+    """Line editing and a history file (``<cellnet home>/ask_history``) for interactive ``ask``."""
+    try:
+        import readline
+    except ImportError:  # e.g. Windows without pyreadline: plain input()
+        return None
+    import atexit
+
+    from cellnet_core.cache import cellnet_home
+
+    path = cellnet_home() / "ask_history"
+    try:
+        readline.read_history_file(path)
+    except (FileNotFoundError, OSError):
+        pass
+    readline.set_history_length(1000)
+
+    def save() -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            readline.write_history_file(path)
+        except OSError:
+            pass
+
+    atexit.register(save)
+    return readline
+
+
+def _load_run(args, registry):
+    from cellnet_core import api
+
+    t0 = time.perf_counter()
+    chatty = sys.stderr.isatty()
+    if chatty:
+        print(f"loading {args.run_dir} …", file=sys.stderr, flush=True)
+    pipe = api.load_run(args.run_dir, device=args.device, plugins=(None, registry), warn=False)
+    if chatty:
+        print(f"loaded in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+    note = api.untrained_warning(args.run_dir)
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    return pipe
+
+
 def cmd_ask(args) -> int:
-    import torch
-
-    from cellnet_core.pipeline import Pipeline
-
     _, registry = _load()
-    pipe = Pipeline.load(args.run_dir, registry, device=args.device)
     interactive = not args.texts and sys.stdin is not None and sys.stdin.isatty()
+    pipe = _load_run(args, registry)
     if interactive:
+        _readline_history()
         print("cellnet ask: one question per line, Ctrl-D to end", file=sys.stderr)
         questions_iter = iter(lambda: input("> "), None)
     else:
@@ -195,6 +281,8 @@ def cmd_ask(args) -> int:
         try:
             q = next(questions_iter)
         except (StopIteration, EOFError):
+            if interactive:
+                print(file=sys.stderr)
             break
         if not q.strip():
             continue
@@ -202,12 +290,15 @@ def cmd_ask(args) -> int:
         row = {"question": q, "answer": ans.text, "score": ans.score, "candidates": ans.candidates,
                "steps": ans.steps}
         if args.baseline:
+            import torch
+
             with torch.no_grad():
                 base = pipe.decoder.decode(pipe.encode([q]))[0]
             row["baseline_answer"] = base
         results.append(row)
         if not args.json:
-            print(f"Q: {q}")
+            if not interactive:  # the terminal already shows what was typed
+                print(f"Q: {q}")
             shown = ans.text if ans.text else "(no confident match)"
             print(f"A: {shown}   [score {ans.score:.3f}" + (f", {ans.steps} steps]" if ans.steps else "]"))
             if args.baseline:
@@ -218,45 +309,14 @@ def cmd_ask(args) -> int:
     return 0
 
 
-def _baselines(pm, names: Sequence[str]):
-    found = {}
-    for group in pm.hook.cellnet_eval_baselines():
-        for b in group or []:
-            found.setdefault(b.name, b)
-    out = []
-    for n in names:
-        if n not in found:
-            raise ConfigError(f"eval.baselines: unknown '{n}'; available: {', '.join(sorted(found))}")
-        out.append(found[n])
-    return out
-
-
 def cmd_eval(args) -> int:
-    from cellnet_core.evaluation import evaluate_pairs, evaluate_selection, format_table
-    from cellnet_core.pipeline import Pipeline
+    from cellnet_core import api
+    from cellnet_core.evaluation import format_table
 
     pm, registry = _load()
-    pipe = Pipeline.load(args.run_dir, registry, device=args.device)
-    names = args.baselines.split(",") if args.baselines else list(pipe.config.eval.baselines)
-    baselines = _baselines(pm, [n for n in names if n])
-    data = registry.build("dataset", pipe.config.data, None)
-    train = data.pairs("train")
-    if args.data:
-        kind = _data_kind(args.data)
-        user = registry.build("dataset", {"name": kind, "test": args.data}, None)
-        if kind == "selection":
-            result = evaluate_selection(pipe, user.selection("test"), baselines, train)
-        else:
-            result = evaluate_pairs(pipe, train, user.pairs("test"), baselines,
-                                    max_questions=pipe.config.eval.max_questions)
-        result["data"] = args.data
-    else:
-        pool = None
-        if pipe.config.eval.candidates == "all":
-            pool = [p.answer for s in ("train", "val", "test") for p in data.pairs(s)]
-        result = evaluate_pairs(pipe, train, data.pairs("test"), baselines, candidate_pool=pool,
-                                max_questions=pipe.config.eval.max_questions)
-        result["data"] = f"{pipe.config.data.name}:test"
+    pipe = _load_run(args, registry)
+    names = args.baselines.split(",") if args.baselines else None
+    result = api.evaluate(pipe, args.data, names, plugins=(pm, registry))
     if args.json:
         _print(result, True)
     else:
@@ -266,37 +326,22 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _data_kind(path: str) -> str:
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{path}: no such file")
-    if p.suffix.lower() in (".jsonl", ".json"):
-        with open(p, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.strip():
-                    try:
-                        first = json.loads(line)
-                    except json.JSONDecodeError:
-                        from cellnet_core.errors import DataError
-
-                        raise DataError(f"{path}: line 1: not valid JSON") from None
-                    return "selection" if isinstance(first, dict) and "candidates" in first else "pairs"
-    return "pairs"
-
-
 def cmd_cache(args) -> int:
-    from cellnet_core.cache import cache_clear, cache_info, default_cache_dir
+    from cellnet_core.cache import cache_clear, cache_dir_source, cache_info
 
-    root = args.dir or default_cache_dir()
+    if args.dir:
+        root, how = Path(args.dir), "given with --dir"
+    else:
+        root, how = cache_dir_source()
     if args.action == "clear":
         n = cache_clear(root)
         print(f"removed {n} cache file(s) from {root}")
         return 0
     rows = cache_info(root)
     if args.json:
-        _print({"dir": str(root), "encoders": rows}, True)
+        _print({"dir": str(root), "chosen_by": how, "encoders": rows}, True)
         return 0
-    print(f"embedding cache: {root}")
+    print(f"embedding cache: {root}  ({how})")
     if not rows:
         print("  (empty)")
     for r in rows:
@@ -340,69 +385,145 @@ def cmd_bench(args) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------------
+def _version() -> str:
+    from importlib import metadata
+
+    from cellnet_core import __version__
+
+    try:
+        n = len({ep.name for ep in metadata.entry_points(group="cellnet.plugins")})
+    except Exception:  # noqa: BLE001 - a broken distribution must not break --version
+        n = 0
+    return f"cellnet {__version__} (cellnet-core); {n} plugin(s) installed, see 'cellnet plugins'"
+
+
+_KIND_HELP = "encoder, reshaper, core, kernel, decoder, strategy or dataset"
+_SET_HELP = "override a config field, e.g. --set training.epochs=5 (the value is read as YAML; repeatable)"
+_DEVICE_HELP = "run on this device instead of the run's own: cpu, cuda, cuda:N, mps or auto"
+
+
+def _sub(sub, name: str, help: str, examples: str, description: str | None = None):
+    return sub.add_parser(name, help=help, description=description or help[:1].upper() + help[1:] + ".",
+                          epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cellnet", description=__doc__.splitlines()[0] if __doc__ else "")
+    """The ``cellnet`` argument parser: every subcommand with help for each option and examples."""
+    p = argparse.ArgumentParser(
+        prog="cellnet", description=__doc__.splitlines()[0] if __doc__ else "",
+        epilog="examples:\n  cellnet validate configs/default.yaml\n  cellnet train configs/default.yaml "
+               "--run-dir runs/demo\n  cellnet ask runs/demo \"how are you?\"\n\n"
+               "'cellnet COMMAND --help' explains each command and its options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    p.add_argument("--version", action="version", version=_version(),
+                   help="print cellnet's version and how many plugins are installed, then exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("plugins", help="list plugins, versions and what each provides")
-    s.add_argument("--json", action="store_true")
+    s = _sub(sub, "plugins", "list plugins, versions and what each provides",
+             "  cellnet plugins\n  cellnet plugins --json")
+    s.add_argument("--json", action="store_true", help="print the plugins and any warnings as JSON")
     s.set_defaults(func=cmd_plugins)
 
-    s = sub.add_parser("components", help="list registered components")
-    s.add_argument("--kind", help="encoder, reshaper, core, kernel, decoder, strategy or dataset")
-    s.add_argument("--json", action="store_true")
+    s = _sub(sub, "components", "list registered components, or one component's config fields",
+             "  cellnet components --kind core\n  cellnet components lattice --fields\n"
+             "  cellnet components --kind kernel --fields fused --json")
+    s.add_argument("name", nargs="?", metavar="NAME", help="show this component (its summary and config fields)")
+    s.add_argument("--kind", help=f"only this kind: {_KIND_HELP}")
+    s.add_argument("--fields", action="store_true",
+                   help="list NAME's config fields with type, default and description")
+    s.add_argument("--json", action="store_true", help="print as JSON")
     s.set_defaults(func=cmd_components)
 
-    s = sub.add_parser("validate", help="check config files")
-    s.add_argument("configs", nargs="+", metavar="CONFIG")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s = _sub(sub, "validate", "check config files (and their data files) without training",
+             "  cellnet validate configs/*.yaml\n  cellnet validate configs/default.yaml --set core.steps=20")
+    s.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML run configs")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
     s.set_defaults(func=cmd_validate)
 
-    s = sub.add_parser("schema", help="JSON Schema of a run config for the installed components")
-    s.add_argument("--out", help="write to this file instead of stdout")
+    s = _sub(sub, "config", "print a run's or a YAML file's config with every default filled in",
+             "  cellnet config configs/default.yaml\n  cellnet config runs/demo\n"
+             "  cellnet config configs/default.yaml --set core.steps=20 --json")
+    s.add_argument("source", metavar="RUN_DIR_OR_YAML", help="a run directory or a YAML config file")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
+    s.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    s.set_defaults(func=cmd_config)
+
+    s = _sub(sub, "schema", "JSON Schema of a run config for the installed components",
+             "  cellnet schema --out cellnet.schema.json")
+    s.add_argument("--out", metavar="FILE", help="write to this file instead of stdout")
     s.set_defaults(func=cmd_schema)
 
-    s = sub.add_parser("train", help="train a run from a config")
-    s.add_argument("config", nargs="?", metavar="CONFIG")
-    s.add_argument("--run-dir", help="where to write the run (default runs/<config>-<time>)")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    s.add_argument("--nproc", type=int, default=1, help="processes for data-parallel training")
+    s = _sub(sub, "train", "train a run from a config",
+             "  cellnet train configs/default.yaml --run-dir runs/demo\n"
+             "  cellnet train configs/default.yaml --run-dir runs/demo --overwrite\n"
+             "  cellnet train --resume runs/demo --set training.epochs=20\n"
+             "  cellnet train configs/default.yaml --nproc 2",
+             description="Train a run from a config. The run is written into a hidden sibling "
+                         "(.NAME.partial) and moved to the run directory when complete; an interrupted "
+                         "run stays there for --resume.")
+    s.add_argument("config", nargs="?", metavar="CONFIG", help="YAML run config (not with --resume)")
+    s.add_argument("--run-dir", metavar="DIR", help="where to write the run (default runs/<config>-<time>); "
+                                                    "must be empty or new unless --overwrite")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --run-dir (the old one stays until the new one is complete)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (or train a complete one "
+                                                       "further) from its last checkpoint")
+    s.add_argument("--nproc", type=int, default=1, metavar="N", help="processes for data-parallel training "
+                                                                      "on this machine (default 1)")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("ask", help="answer questions with a trained run")
-    s.add_argument("run_dir", metavar="RUN_DIR")
+    s = _sub(sub, "ask", "answer questions with a trained run",
+             "  cellnet ask runs/demo \"how are you?\"\n  cellnet ask runs/demo < examples/questions.txt\n"
+             "  cellnet ask runs/demo            (interactive: line editing and history)\n"
+             "  cellnet ask runs/demo \"hi\" --json -k 3",
+             description="Answer questions with a trained run: the texts given, one per line from stdin, "
+                         "or interactively on a terminal. The score is the decoder's score of the answer "
+                         "(cosine similarity to the lattice's output embedding for retrieval decoders).")
+    s.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by 'cellnet train'")
     s.add_argument("texts", nargs="*", metavar="TEXT", help="questions (default: one per line from stdin)")
-    s.add_argument("-k", type=int, default=5, help="candidates to report")
-    s.add_argument("--json", action="store_true", help="candidates, scores and lattice steps as JSON")
-    s.add_argument("--baseline", action="store_true", help="also show the answer of the question's own embedding")
-    s.add_argument("--device", default=None)
+    s.add_argument("-k", type=int, default=5, metavar="K", help="candidates to report per question (default 5)")
+    s.add_argument("--json", action="store_true", help="print answers, candidates, scores and lattice steps as JSON")
+    s.add_argument("--baseline", action="store_true",
+                   help="also show the answer of the question's own embedding (no lattice)")
+    s.add_argument("--device", default=None, help=_DEVICE_HELP)
     s.set_defaults(func=cmd_ask)
 
-    s = sub.add_parser("eval", help="evaluate a run and the baselines on held-out data")
-    s.add_argument("run_dir", metavar="RUN_DIR")
-    s.add_argument("--data", metavar="FILE", help="a pairs (JSONL/CSV/TSV) or selection (JSONL) file")
-    s.add_argument("--baselines", help="comma-separated baseline names (default: the config's eval.baselines)")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--device", default=None)
+    s = _sub(sub, "eval", "evaluate a run and the baselines on held-out data",
+             "  cellnet eval runs/demo\n  cellnet eval runs/demo --baselines identity,mean --json\n"
+             "  cellnet eval runs/demo --data my_pairs.jsonl")
+    s.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by 'cellnet train'")
+    s.add_argument("--data", metavar="FILE", help="a pairs (JSONL/CSV/TSV) or selection (JSONL) file "
+                                                  "(default: the test split of the run's dataset)")
+    s.add_argument("--baselines", metavar="A,B", help="comma-separated baseline names (default: the config's "
+                                                      "eval.baselines)")
+    s.add_argument("--json", action="store_true", help="print the metrics and comparisons as JSON")
+    s.add_argument("--device", default=None, help=_DEVICE_HELP)
     s.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("cache", help="inspect or clear the embedding cache")
-    s.add_argument("action", choices=["info", "clear"])
-    s.add_argument("--dir", help="cache directory (default $CELLNET_CACHE_DIR or ~/.cache/cellnet/embeddings)")
-    s.add_argument("--json", action="store_true")
+    s = _sub(sub, "cache", "show where the embedding cache is and what it holds, or clear it",
+             "  cellnet cache info\n  cellnet cache clear\n  CELLNET_HOME=/data/cellnet cellnet cache info",
+             description="Show where the embedding cache is and what it holds, or clear it. Its folder: "
+                         "$CELLNET_CACHE_DIR if set, else $CELLNET_HOME/embeddings, else "
+                         "~/.cache/cellnet/embeddings.")
+    s.add_argument("action", choices=["info", "clear"], help="info: location and contents; clear: delete the "
+                                                             "cached embeddings")
+    s.add_argument("--dir", metavar="DIR", help="this cache folder instead of the default")
+    s.add_argument("--json", action="store_true", help="print the location and contents as JSON")
     s.set_defaults(func=cmd_cache)
 
-    s = sub.add_parser("viz", help="PNG pictures of the lattice state for one text")
-    s.add_argument("run_dir", metavar="RUN_DIR")
-    s.add_argument("text")
-    s.add_argument("--out", help="output folder (default RUN_DIR/viz)")
+    s = _sub(sub, "viz", "PNG pictures of the lattice state for one text",
+             "  cellnet viz runs/demo \"how are you?\"\n  cellnet viz runs/demo \"hello\" --out pictures/")
+    s.add_argument("run_dir", metavar="RUN_DIR", help="a run directory whose core is a lattice")
+    s.add_argument("text", help="the question whose lattice state is drawn")
+    s.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/viz)")
     s.set_defaults(func=cmd_viz)
 
-    s = sub.add_parser("bench", help="run the benchmark scripts (they write docs/RESULTS.md fragments)")
-    s.add_argument("--root", default="bench")
-    s.add_argument("--quick", action="store_true")
+    s = _sub(sub, "bench", "run the benchmark scripts (they write docs/RESULTS.md fragments)",
+             "  cellnet bench --quick\n  cellnet bench --root bench")
+    s.add_argument("--root", default="bench", metavar="DIR", help="folder of bench_*.py scripts (default bench)")
+    s.add_argument("--quick", action="store_true", help="pass --quick to every script (smaller, faster runs)")
     s.set_defaults(func=cmd_bench)
     return p
 

@@ -45,6 +45,16 @@ class ComponentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
 
+    def check_run(self, run: Any, registry: "Registry") -> None:
+        """Checks that need the whole run config or other registered parts, run by ``cellnet
+        validate`` and before training writes anything (:func:`validate_run_config`).
+
+        ``run`` is the validated run config (``run.encoder``, ``run.device``…). Raise
+        ``ValueError("message")`` (reported as ``file: <section>: message``) or a
+        :class:`~cellnet_core.errors.ConfigError` whose message already names its path. Must be
+        cheap: no model loading, no torch import. The default checks nothing.
+        """
+
 
 def registered_name(kind: str, *, extra: tuple[str, ...] = ()) -> Any:
     """A ``str`` field that must name a registered component of ``kind`` (or one of ``extra``).
@@ -228,12 +238,44 @@ def validate_run_config(registry: "Registry", data: dict[str, Any], source: str 
         if isinstance(data[section], dict) and "name" not in data[section] and section in DEFAULTS:
             data[section] = {**DEFAULTS[section], **data[section]}  # e.g. --set reshaper.channels=2
         validated[section] = validate_component(registry, kind, data[section], where=section, source=source)
+    if "training" not in data:
+        _check_default_training(registry, data, source)
     model = run_config_model(registry)
     merged = {**data, **validated}
     try:
-        return model.model_validate(merged, context={"registry": registry})
+        run = model.model_validate(merged, context={"registry": registry})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
+    for section in SECTIONS:
+        part = getattr(run, section, None)
+        check = getattr(part, "check_run", None)
+        if check is None:
+            continue
+        try:
+            check(run, registry)
+        except ConfigError as exc:  # e.g. from registry.config_for, whose lines read "config: path: ..."
+            lines = [line.removeprefix("config: ") for line in str(exc).splitlines()]
+            raise ConfigError("\n".join(line if line.startswith(f"{source}: ") else f"{source}: {line}"
+                                        for line in lines)) from None
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {section}: {exc}") from None
+    return run
+
+
+def _check_default_training(registry: "Registry", data: dict[str, Any], source: str) -> None:
+    """Without a ``training`` section the default strategy fits only the decoder: refuse a config
+    whose core is not the default one, which that strategy would leave as initialised."""
+    core = data.get("core")
+    core_name = core.get("name") if isinstance(core, dict) else core
+    if core_name is None or core_name == DEFAULTS["core"]["name"]:
+        return
+    default = DEFAULTS["training"]["name"]
+    others = [n for n in registry.names("strategy") if n != default]
+    raise ConfigError(
+        f"{source}: training: section missing; the default strategy '{default}' fits only the decoder and "
+        f"would leave core '{core_name}' untrained: add a training section"
+        + (f" (strategies: {', '.join(others)})" if others else "")
+        + f", or write 'training: {{name: {default}}}' to keep the untrained core on purpose")
 
 
 def load_config(registry: "Registry", path: str | Path, overrides: list[str] | None = None) -> BaseModel:
@@ -243,7 +285,74 @@ def load_config(registry: "Registry", path: str | Path, overrides: list[str] | N
 
 
 def config_to_dict(config: BaseModel) -> dict[str, Any]:
+    """A validated config as plain JSON-able data (every default filled in)."""
     return json.loads(config.model_dump_json())
+
+
+def _type_name(ann: Any) -> str:
+    """A short, readable name of a field's type: ``int``, ``a|b``, ``[int, int, int]``, ``str | null``."""
+    import types
+    import typing
+
+    origin = typing.get_origin(ann)
+    args = typing.get_args(ann)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin is Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (Union, types.UnionType):
+        names = [("null" if a is type(None) else _type_name(a)) for a in args]
+        tags = []
+        for a in args:
+            fields = getattr(a, "model_fields", {})
+            default = fields["name"].default if "name" in fields else None
+            if isinstance(default, str):
+                tags.append(default)
+        if tags and len(tags) == len([a for a in args if a is not type(None)]):
+            return "one of: " + "|".join(tags)
+        return " | ".join(names)
+    if origin in (tuple, list, dict, set):
+        inner = ", ".join(_type_name(a) for a in args if a is not Ellipsis)
+        if origin is tuple:
+            return f"[{inner}]"
+        return f"{origin.__name__}[{inner}]" if inner else origin.__name__
+    if isinstance(ann, type):
+        if issubclass(ann, BaseModel):
+            return "mapping"
+        return ann.__name__
+    return str(ann).replace("typing.", "")
+
+
+def describe_fields(config_cls: type[BaseModel], prefix: str = "") -> list[dict[str, Any]]:
+    """Rows ``{field, type, default, description}`` of a component's config, for ``cellnet components
+    NAME --fields``. Nested models (e.g. the lattice's ``plasticity``) are listed field by field with
+    dotted names; a union of named parts (``cell``) shows its names and its default."""
+    from pydantic_core import PydanticUndefined
+
+    rows = []
+    for fname, info in config_cls.model_fields.items():
+        if fname == "name" and not prefix:
+            continue
+        ann = info.annotation
+        if info.default is not PydanticUndefined:
+            default = info.default
+        elif info.default_factory is not None:
+            default = info.default_factory()
+        else:
+            default = "(required)"
+        if isinstance(default, BaseModel):
+            default = json.loads(default.model_dump_json())
+        if isinstance(default, tuple):
+            default = list(default)
+        nested = ann if isinstance(ann, type) and issubclass(ann, BaseModel) and "name" not in ann.model_fields else None
+        if nested is not None:
+            rows.append({"field": prefix + fname, "type": "mapping", "default": None,
+                         "description": info.description or (nested.__doc__ or "").strip().split("\n")[0]})
+            rows.extend(describe_fields(nested, prefix=f"{prefix}{fname}."))
+            continue
+        rows.append({"field": prefix + fname, "type": _type_name(ann), "default": default,
+                     "description": info.description or ""})
+    return rows
 
 
 def json_schema(registry: "Registry") -> dict[str, Any]:

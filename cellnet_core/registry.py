@@ -34,9 +34,12 @@ class Entry:
     install_hint: str | None = None
 
     def missing_requirements(self) -> list[str]:
+        """The ``requires`` modules that cannot be imported here."""
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
 
     def resolve_factory(self) -> Callable[..., Any]:
+        """The factory, imported now if given as ``"module:attr"``; a missing requirement raises
+        :class:`MissingDependencyError` with the install command."""
         missing = self.missing_requirements()
         if missing:
             hint = self.install_hint or f"pip install {' '.join(missing)}"
@@ -112,10 +115,16 @@ class Registry:
         except KeyError:
             raise UnknownComponentError(_unknown_message(kind, name, self.names(kind), where)) from None
 
+    def kinds(self) -> tuple[str, ...]:
+        """Every component kind, in pipeline order."""
+        return KINDS
+
     def names(self, kind: str) -> list[str]:
+        """The registered names of ``kind``, sorted."""
         return sorted(self._entries[kind])
 
     def entries(self, kind: str | None = None) -> list[Entry]:
+        """Every entry of ``kind`` (all kinds when None), by kind then name."""
         kinds = KINDS if kind is None else (kind,)
         return [self._entries[k][n] for k in kinds for n in sorted(self._entries[k])]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,3 +88,126 @@ class RunContext:
     def write_json(self, name: str, obj: Any) -> None:
         if self.is_main:
             atomic_write_json(self.run_dir / name, obj)
+
+
+# -- run directories ------------------------------------------------------------------------------
+#: Prefix and suffix of the hidden sibling a run is written into before it is moved into place.
+PARTIAL_PREFIX, PARTIAL_SUFFIX = ".", ".partial"
+_OWNER_FILE = ".cellnet-writer"
+
+
+def partial_dir(run_dir: str | Path) -> Path:
+    """The hidden sibling ``<parent>/.<name>.partial`` where ``run_dir`` is written until complete.
+
+    Its name is the same in every process (a data-parallel run's workers share it) and after a
+    crash, so ``cellnet train --resume RUN_DIR`` finds an interrupted run there.
+    """
+    run_dir = Path(run_dir)
+    return run_dir.parent / f"{PARTIAL_PREFIX}{run_dir.name}{PARTIAL_SUFFIX}"
+
+
+def target_of(path: str | Path) -> Path:
+    """The run directory a path names: ``.<name>.partial`` → ``<name>``; any other path as is."""
+    path = Path(path)
+    name = path.name
+    if name.startswith(PARTIAL_PREFIX) and name.endswith(PARTIAL_SUFFIX) and len(name) > len(PARTIAL_PREFIX + PARTIAL_SUFFIX):
+        return path.parent / name[len(PARTIAL_PREFIX):-len(PARTIAL_SUFFIX)]
+    return path
+
+
+def _is_non_empty_dir(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def _writer_alive(partial: Path) -> int | None:
+    """The id of a live process still writing ``partial`` (same machine), else None."""
+    try:
+        pid = int((partial / _OWNER_FILE).read_text(encoding="utf-8").split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # exists, owned by someone else
+        return pid
+    except OSError:
+        return None
+    return pid
+
+
+def prepare_run_dir(run_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
+                    dry_run: bool = False) -> Path:
+    """Check ``run_dir`` and make the partial directory a run is written into; return it.
+
+    - a new run (neither flag): refused with :class:`~cellnet_core.errors.ConfigError` when
+      ``run_dir`` is a non-empty folder or an interrupted run of it waits in its partial sibling;
+    - ``overwrite``: a leftover partial directory is removed; the old run stays in place until
+      the new one is complete and replaces it (:func:`publish_run_dir`);
+    - ``resume``: continues the interrupted run in the partial directory, or a complete run
+      (copied into a partial directory first, so it stays loadable until the resumed run is done).
+
+    Nothing is written before every check has passed; ``dry_run`` only checks.
+    """
+    from cellnet_core.errors import ConfigError
+
+    target = target_of(run_dir)
+    partial = partial_dir(target)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{target}: exists and is not a directory")
+    pid = _writer_alive(partial) if partial.exists() else None
+    if pid is not None:
+        raise ConfigError(f"{target}: process {pid} is writing this run right now (in {partial})")
+    if resume:
+        if overwrite:
+            raise ConfigError("train: --resume continues a run and --overwrite replaces it; give one of them")
+        if not partial.exists():
+            if not (target / "config.yaml").exists():
+                raise ConfigError(f"{target}: no run to resume here (no config.yaml, no interrupted run "
+                                  f"in {partial.name}); start one with 'cellnet train CONFIG --run-dir {target}'")
+            if dry_run:
+                return partial
+            tmp = partial.parent / f"{partial.name}-copy-{os.getpid()}"
+            shutil.copytree(target, tmp)
+            os.replace(tmp, partial)
+    else:
+        if _is_non_empty_dir(target) and not overwrite:
+            raise ConfigError(f"{target}: not empty (it holds another run); choose another --run-dir, "
+                              "continue it with --resume, or replace it with --overwrite")
+        if partial.exists():
+            if not overwrite:
+                raise ConfigError(f"{target}: an interrupted run waits in {partial}; continue it with "
+                                  f"'cellnet train --resume {target}' or start again with --overwrite")
+            if dry_run:
+                return partial
+            shutil.rmtree(partial)
+        if dry_run:
+            return partial
+        partial.mkdir(parents=True)
+    if dry_run:
+        return partial
+    from cellnet_core.checkpoint import atomic_write_text
+
+    atomic_write_text(partial / _OWNER_FILE, f"{os.getpid()}\n")
+    return partial
+
+
+def publish_run_dir(partial: str | Path, run_dir: str | Path) -> Path:
+    """Move the complete run in ``partial`` to ``run_dir`` (replacing what was there); return it.
+
+    Two renames on the same file system: ``run_dir`` (if any) to a hidden ``.old`` name, then
+    ``partial`` to ``run_dir``, then the old one is deleted. A crash between the renames leaves
+    the new run complete in ``partial`` and the old run under the ``.old`` name, never a mixture.
+    """
+    partial, target = Path(partial), Path(run_dir)
+    (partial / _OWNER_FILE).unlink(missing_ok=True)
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.replace(target, old)
+    os.replace(partial, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

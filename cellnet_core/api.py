@@ -1,0 +1,348 @@
+"""The Python API: what the ``cellnet`` command does, as functions for scripts and notebooks.
+
+In a notebook::
+
+    import cellnet_core as cellnet
+
+    plugins = cellnet.load_plugins()                       # discovery, once
+    config = cellnet.load_config("configs/default.yaml", ["training.epochs=2"], plugins=plugins)
+    pipe = cellnet.train(config, "runs/demo", plugins=plugins)     # -> Pipeline, saved in runs/demo
+    pipe.answer(["how are you?"])[0].text
+    pipe = cellnet.load_run("runs/demo", plugins=plugins)          # later, or elsewhere
+    cellnet.evaluate(pipe, plugins=plugins)["rows"][0]["mrr"]
+
+Every function that needs the installed components takes ``plugins`` (what :func:`load_plugins`
+returned) and discovers them itself when it is left out. Bad input raises a
+:class:`~cellnet_core.errors.CellnetError` whose message is one readable line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Sequence
+
+from cellnet_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from cellnet_core.pipeline import Answer, Pipeline
+    from cellnet_core.plugins import CellnetPluginManager
+    from cellnet_core.registry import Registry
+
+__all__ = ["Plugins", "load_plugins", "load_config", "resolved_config", "train", "load_run", "answer",
+           "evaluate", "untrained_warning", "find_run_config"]
+
+
+class Plugins(NamedTuple):
+    """What :func:`load_plugins` found: the pluggy manager (hooks, discovery report) and the registry."""
+
+    manager: "CellnetPluginManager"
+    registry: "Registry"
+
+
+def load_plugins() -> Plugins:
+    """Discover the installed plugins (entry-point group ``cellnet.plugins``) and the built-in parts.
+
+    Returns :class:`Plugins` ``(manager, registry)``; ``manager.report`` lists each plugin, its
+    version and what failed to load (a broken plugin is reported there, the others still load).
+    """
+    from cellnet_core.plugins import load
+
+    pm, registry = load()
+    return Plugins(pm, registry)
+
+
+def _plugins(plugins: Plugins | tuple | None) -> Plugins:
+    if plugins is None:
+        return load_plugins()
+    return Plugins(*plugins)
+
+
+def load_config(source: str | Path | dict[str, Any] | "BaseModel", overrides: Sequence[str] = (), *,
+                plugins: Plugins | None = None) -> "BaseModel":
+    """A validated run config from a YAML file, a run directory (its ``config.yaml``) or a mapping.
+
+    ``overrides`` are ``"a.b=value"`` strings, as ``--set`` takes them (the value is read as YAML).
+    Raises :class:`~cellnet_core.errors.ConfigError` with ``source: dotted.path: message`` lines.
+    An already validated config is returned as is (overrides applied to it).
+    """
+    from pydantic import BaseModel
+
+    from cellnet_core.config import apply_overrides, config_to_dict, load_config as _load, validate_run_config
+
+    registry = _plugins(plugins).registry
+    if isinstance(source, BaseModel):
+        if not overrides:
+            return source
+        return validate_run_config(registry, apply_overrides(config_to_dict(source), list(overrides)),
+                                   source="config")
+    if isinstance(source, dict):
+        return validate_run_config(registry, apply_overrides(source, list(overrides)), source="config")
+    path = Path(source)
+    if path.is_dir():
+        path = find_run_config(path)
+    return _load(registry, path, list(overrides))
+
+
+def find_run_config(run_dir: str | Path) -> Path:
+    """The ``config.yaml`` of a run directory, or of its interrupted run (``.<name>.partial``)."""
+    from cellnet_core.pipeline import CONFIG_FILE
+    from cellnet_core.run import partial_dir, target_of
+
+    target = target_of(run_dir)
+    for d in (Path(run_dir), target, partial_dir(target)):
+        if (d / CONFIG_FILE).exists():
+            return d / CONFIG_FILE
+    raise ConfigError(f"{run_dir}: no {CONFIG_FILE} here; is this a run directory made by 'cellnet train'?")
+
+
+def resolved_config(source: str | Path | dict[str, Any], overrides: Sequence[str] = (), *,
+                    plugins: Plugins | None = None) -> dict[str, Any]:
+    """The run config as plain data with every default filled in (what ``cellnet config`` prints)."""
+    from cellnet_core.config import config_to_dict
+
+    return config_to_dict(load_config(source, overrides, plugins=plugins))
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _untrained(pipeline: "Pipeline", before: dict[str, Any], best_epoch: int | None) -> bool:
+    """True when the pipeline has parameters and the saved ones are the untrained start."""
+    import torch
+
+    after = pipeline.state_tensors()
+    if not after:
+        return False
+    if best_epoch == 0:
+        return True
+    return all(k in before and torch.equal(before[k], v.detach().cpu()) for k, v in after.items())
+
+
+UNTRAINED_NOTE = ("the saved weights are the untrained start (best validation epoch 0, or no weight changed): "
+                  "no training epoch beat the initial lattice on validation")
+
+
+def train(config: str | Path | dict[str, Any] | "BaseModel" | None, run_dir: str | Path, *,
+          overwrite: bool = False, resume: bool = False, overrides: Sequence[str] = (),
+          plugins: Plugins | None = None, echo: Callable[[str], None] | None = _stderr,
+          extras: dict[str, Any] | None = None) -> "Pipeline":
+    """Train a run into ``run_dir`` and return its :class:`~cellnet_core.pipeline.Pipeline`.
+
+    ``config``: a YAML path, a mapping or a validated config (see :func:`load_config`); with
+    ``resume=True`` it may be ``None`` (the run's own config is used, ``overrides`` applied).
+
+    The run is written into the hidden sibling ``.<name>.partial`` and moved to ``run_dir`` only
+    when complete, so ``run_dir`` never holds a half-made run. A non-empty ``run_dir`` is refused
+    unless ``overwrite`` (the old run is replaced once the new one is complete) or ``resume``
+    (continue the interrupted run in ``.<name>.partial``, or train a complete run further).
+    Everything that can be checked before training (config, data files, the parts being
+    buildable) is checked before any file is written.
+
+    ``echo`` receives the progress lines (run directory, kernel, summary; default: stderr; ``None``
+    is silent). ``extras`` are passed to the strategy through ``RunContext.extras``. The returned
+    pipeline has ``run_dir`` (the final directory) and ``train_info`` (the manifest's ``train``
+    entry: epochs, best_epoch, seconds, metrics, untrained).
+    """
+    import yaml
+
+    from cellnet_core.checkpoint import atomic_write_text
+    from cellnet_core.config import config_to_dict
+    from cellnet_core.pipeline import CONFIG_FILE, Pipeline
+    from cellnet_core.run import RunContext, partial_dir, prepare_run_dir, publish_run_dir, target_of
+
+    say = echo or (lambda line: None)
+    pm, registry = _plugins(plugins)
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launched = os.environ.get(STAGING_ENV)  # a worker of a data-parallel launch: the parent prepared it
+    target = Path(os.environ.get(TARGET_ENV) or run_dir) if launched else target_of(run_dir)
+    if resume and config is None:
+        config = find_run_config(launched or target)
+    if config is None:
+        raise ConfigError("train: give a config (a YAML file, a mapping or a validated config)")
+    config = load_config(config, overrides, plugins=(pm, registry))
+    if not launched:
+        prepare_run_dir(target, overwrite=overwrite, resume=resume, dry_run=True)
+    # the dataset first: a bad data file fails before any model loads or any file is written
+    data = registry.build("dataset", config.data, None)
+    if world > 1 and "LOCAL_RANK" in os.environ:
+        import torch
+
+        if torch.cuda.is_available() and config.device in ("auto", "cuda"):
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # one GPU per process
+    t0 = time.perf_counter()
+    pipeline = Pipeline.build(config, registry)
+    strategy = registry.build("strategy", config.training, None)
+    if launched:
+        partial = Path(launched)
+    else:
+        partial = prepare_run_dir(target, overwrite=overwrite, resume=resume)
+    if rank == 0:
+        atomic_write_text(partial / CONFIG_FILE, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        say(f"run directory: {target} (written in {partial.name} until complete)")
+        kernel = getattr(pipeline.core, "kernel_name", None)
+        if kernel:
+            say(f"lattice kernel: {kernel}")
+    before = {k: v.detach().cpu().clone() for k, v in pipeline.state_tensors().items()}
+    run = RunContext(partial, seed=config.seed, resume=resume, hook=pm.hook, rank=rank, world_size=world)
+    run.extras.update(extras or {})
+    try:
+        result = strategy.fit(pipeline, data, run)
+        pipeline.run_dir = target
+        if rank != 0:
+            return pipeline
+        info = {"epochs": result.epochs, "best_epoch": result.best_epoch,
+                "seconds": round(time.perf_counter() - t0, 2), "metrics": result.metrics,
+                "untrained": _untrained(pipeline, before, result.best_epoch)}
+        extra_files = sorted(partial.glob("*.png")) + [p for p in (partial / "metrics.jsonl",) if p.exists()]
+        pipeline.save(partial, extra_files=extra_files, manifest_extra={"train": info})
+    except BaseException:
+        if rank == 0 and not launched:  # a launch's parent says it once for all workers
+            say(interrupted_note(partial, target))
+        raise
+    publish_run_dir(partial, target)
+    pipeline.train_info = info
+    pm.hook.cellnet_on_train_end(run_dir=str(target), result=result)
+    shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.metrics.items())
+    say(f"trained in {time.perf_counter() - t0:.1f}s; {shown}" if shown else
+        f"done in {time.perf_counter() - t0:.1f}s")
+    if info["untrained"]:
+        say(f"WARNING: {target}: {UNTRAINED_NOTE}; try more epochs, another lr or loss")
+    return pipeline
+
+
+def interrupted_note(partial: str | Path, run_dir: str | Path) -> str:
+    """The line that says where an interrupted run is kept and how to continue it."""
+    return f"the interrupted run is kept in {partial}; continue it with: cellnet train --resume {run_dir}"
+
+
+#: Set by a data-parallel launch for its workers: the prepared partial directory and the run directory.
+STAGING_ENV, TARGET_ENV = "CELLNET_RUN_PARTIAL", "CELLNET_RUN_TARGET"
+
+
+def untrained_warning(run_dir: str | Path) -> str | None:
+    """One warning line when the run's saved weights are its untrained start, else ``None``.
+
+    Read from the manifest's ``train`` entry (``untrained``, or ``best_epoch`` 0 for runs saved
+    before that flag existed).
+    """
+    from cellnet_core.checkpoint import read_manifest
+
+    try:
+        train_info = read_manifest(run_dir).get("train") or {}
+    except Exception:  # noqa: BLE001 - loading reports a damaged manifest with its own message
+        return None
+    if train_info.get("untrained") or (train_info.get("untrained") is None and train_info.get("best_epoch") == 0):
+        return f"warning: {run_dir}: {UNTRAINED_NOTE}"
+    return None
+
+
+def load_run(run_dir: str | Path, *, device: str | None = None, plugins: Plugins | None = None,
+             warn: bool = True) -> "Pipeline":
+    """Load a trained run; every file is checked against the manifest first.
+
+    A missing or damaged file raises :class:`~cellnet_core.errors.CheckpointError` naming it. When
+    the saved weights are the untrained start, ``warn`` issues a :class:`UserWarning` saying so.
+    """
+    from cellnet_core.pipeline import Pipeline
+
+    registry = _plugins(plugins).registry
+    pipe = Pipeline.load(run_dir, registry, device=device)
+    note = untrained_warning(run_dir)
+    if warn and note:
+        warnings.warn(note.removeprefix("warning: "), UserWarning, stacklevel=2)
+    return pipe
+
+
+def _pipeline(run: "Pipeline | str | Path", plugins: Plugins | None, device: str | None = None) -> "Pipeline":
+    if isinstance(run, (str, Path)):
+        return load_run(run, plugins=plugins, device=device)
+    return run
+
+
+def answer(run: "Pipeline | str | Path", questions: str | Iterable[str], k: int = 5, *,
+           plugins: Plugins | None = None) -> "list[Answer]":
+    """Answer questions with a pipeline or a run directory (see :meth:`Pipeline.answer`).
+
+    ``questions``: one text or several. Returns one :class:`~cellnet_core.pipeline.Answer` each:
+    ``text``, ``score`` and up to ``k`` ``candidates``.
+    """
+    texts = [questions] if isinstance(questions, str) else list(questions)
+    return _pipeline(run, plugins).answer(texts, k=k)
+
+
+def _baselines(pm: Any, names: Sequence[str]) -> list[Any]:
+    found: dict[str, Any] = {}
+    for group in pm.hook.cellnet_eval_baselines():
+        for b in group or []:
+            found.setdefault(b.name, b)
+    out = []
+    for n in names:
+        if n not in found:
+            raise ConfigError(f"eval.baselines: unknown '{n}'; available: {', '.join(sorted(found))}")
+        out.append(found[n])
+    return out
+
+
+def data_kind(path: str | Path) -> str:
+    """``"selection"`` for a JSONL file whose rows have ``candidates``, else ``"pairs"``."""
+    import json
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{path}: no such file")
+    if p.suffix.lower() in (".jsonl", ".json"):
+        with open(p, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.strip():
+                    try:
+                        first = json.loads(line)
+                    except json.JSONDecodeError:
+                        from cellnet_core.errors import DataError
+
+                        raise DataError(f"{path}: line 1: not valid JSON") from None
+                    return "selection" if isinstance(first, dict) and "candidates" in first else "pairs"
+    return "pairs"
+
+
+def evaluate(run: "Pipeline | str | Path", data: str | Path | None = None, baselines: Sequence[str] | None = None,
+             *, plugins: Plugins | None = None, device: str | None = None) -> dict[str, Any]:
+    """Evaluate a run beside baselines on held-out data (what ``cellnet eval`` prints).
+
+    ``data``: a pairs file (JSONL/CSV/TSV) or a selection file (JSONL with ``candidates``); default
+    the test split of the run's own dataset. ``baselines``: names (default the config's
+    ``eval.baselines``). Returns ``{"data", "questions", "rows": [{"name", "recall@1", "mrr", ...}],
+    "compare": [...]}``; the first row is the run.
+    """
+    from cellnet_core.evaluation import evaluate_pairs, evaluate_selection
+
+    pm, registry = _plugins(plugins)
+    pipe = _pipeline(run, (pm, registry), device)
+    names = list(baselines) if baselines is not None else list(pipe.config.eval.baselines)
+    chosen = _baselines(pm, [n for n in names if n])
+    dataset = registry.build("dataset", pipe.config.data, None)
+    train_pairs = dataset.pairs("train")
+    if data is not None:
+        kind = data_kind(data)
+        user = registry.build("dataset", {"name": kind, "test": str(data)}, None)
+        if kind == "selection":
+            result = evaluate_selection(pipe, user.selection("test"), chosen, train_pairs)
+        else:
+            result = evaluate_pairs(pipe, train_pairs, user.pairs("test"), chosen,
+                                    max_questions=pipe.config.eval.max_questions)
+        result["data"] = str(data)
+    else:
+        pool = None
+        if pipe.config.eval.candidates == "all":
+            pool = [p.answer for s in ("train", "val", "test") for p in dataset.pairs(s)]
+        result = evaluate_pairs(pipe, train_pairs, dataset.pairs("test"), chosen, candidate_pool=pool,
+                                max_questions=pipe.config.eval.max_questions)
+        result["data"] = f"{pipe.config.data.name}:test"
+    return result
