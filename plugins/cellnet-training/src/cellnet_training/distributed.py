@@ -2,8 +2,9 @@
 
 :func:`launch` starts N workers through torch's elastic launcher (``torch.distributed.run``),
 each running ``cellnet <argv>``; the workers find each other through the environment it sets
-(``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``…). :func:`setup` joins the process group (gloo on
-CPU, nccl on CUDA) and fills ``RunContext.rank`` / ``world_size``. Strategies then call
+(``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``…). :func:`setup` joins the process group (nccl when
+this process has a GPU of its own, gloo otherwise; see :func:`choose_backend`) and fills
+``RunContext.rank`` / ``world_size``. Strategies then call
 :func:`shard`, :func:`gather_rows` and :func:`sum_gradients` (see :mod:`cellnet_training.engine`).
 """
 
@@ -22,20 +23,43 @@ def env_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def setup(run: Any) -> None:
-    """Join the process group if launched with several processes; set ``run.rank/world_size``."""
+def local_rank() -> int:
+    """This process's index on its own machine (``LOCAL_RANK`` of the launcher; 0 outside one)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def choose_backend(device_type: str | None = None) -> str:
+    """``nccl`` when this process has a GPU of its own, ``gloo`` otherwise.
+
+    A process has its own GPU when CUDA is available and its *local* rank indexes a GPU of this
+    machine (``LOCAL_RANK < torch.cuda.device_count()``): 2 machines × 8 GPUs with 8 processes
+    each is nccl although the 16 processes outnumber any one machine's GPUs. More processes than
+    GPUs on a machine, CPU-only machines and ``device: cpu`` runs (``device_type == "cpu"``) use
+    gloo. ``CELLNET_DIST_BACKEND`` overrides the choice.
+    """
+    forced = os.environ.get("CELLNET_DIST_BACKEND")
+    if forced:
+        return forced
+    if device_type == "cpu":
+        return "gloo"
+    if torch.cuda.is_available() and local_rank() < torch.cuda.device_count():
+        return "nccl"
+    return "gloo"
+
+
+def setup(run: Any, device_type: str | None = None) -> None:
+    """Join the process group if launched with several processes; set ``run.rank/world_size``.
+
+    ``device_type`` is the type of the device the model is on (``"cpu"`` keeps nccl out)."""
     import torch.distributed as dist
 
     rank, world = env_world()
     if world <= 1 and not dist.is_initialized():
         return
     if not dist.is_initialized():
-        # nccl needs one GPU per process; otherwise (CPU, or more processes than GPUs) gloo
-        forced = os.environ.get("CELLNET_DIST_BACKEND")
-        use_nccl = torch.cuda.is_available() and torch.cuda.device_count() >= world
-        backend = forced or ("nccl" if use_nccl else "gloo")
+        backend = choose_backend(device_type)
         if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(local_rank())  # one GPU per process
         dist.init_process_group(backend=backend)
     run.rank, run.world_size = dist.get_rank(), dist.get_world_size()
 

@@ -11,14 +11,25 @@ with the same answer never treat it as a negative. What the loop guarantees:
   the predictions are gathered so every process computes the same full-batch loss, and the
   gradients are summed: W processes take the same steps as one;
 - a non-finite loss stops training with :class:`TrainingDivergedError`, leaving the last good
-  checkpoint in place.
+  checkpoint in place;
+- validation ranks each question's own candidates (MAP / MRR, as ``cellnet eval`` does) when the
+  val set carries answer selection (:class:`SelectionSet`), otherwise the val split's pooled
+  answers; the chosen ``val_metric`` drives early stopping and the best checkpoint;
+- ``input_noise`` and the objectives of ``mix`` (:class:`AuxObjective`) draw their noise and rows
+  from generators seeded by ``(seed, epoch, step)``, so they leave resume bit-identical.
+
+Without a terminal on stderr (logs, CI, ``nohup``) every epoch prints one line there instead of
+the progress bar.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
+import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +39,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from cellnet_core import metrics as M
 from cellnet_core.checkpoint import load_tensors, save_tensors
-from cellnet_core.errors import CellnetError, CheckpointError
+from cellnet_core.errors import CellnetError, CheckpointError, ConfigError
 from cellnet_core.interfaces import TrainResult
 from cellnet_core.run import progress
 from cellnet_training import distributed as D
@@ -55,10 +67,45 @@ class TrainSet:
 
 
 @dataclass
+class SelectionSet:
+    """Answer selection for validation: each question ranks its own candidates.
+
+    The candidates of all questions are flattened into entries ``(owner, index, label)``;
+    ``cands`` holds each unique candidate text's embedding once."""
+
+    q: torch.Tensor  #: [Nq, D_in] question embeddings
+    cands: torch.Tensor  #: [C, D_out] unique candidate embeddings
+    owner: torch.Tensor  #: [E] long, question row of each entry
+    index: torch.Tensor  #: [E] long, candidate row of each entry
+    labels: torch.Tensor  #: [E] long, 1 for a right candidate, 0 for a wrong one
+
+    @property
+    def questions(self) -> int:
+        return int(self.q.shape[0])
+
+
+@dataclass
 class ValSet:
+    """Validation tensors: pooled ranking (``q`` over the answer ``bank``, ``pos`` the true rows)
+    and, for datasets with answer selection, per-question candidates (``selection``)."""
+
     q: torch.Tensor
     pos: torch.Tensor
     bank: torch.Tensor
+    selection: SelectionSet | None = None
+
+
+@dataclass
+class AuxObjective:
+    """A second objective of the same run (``training.mix``): its own rows, loss and weight.
+
+    Every training step also runs one chunk of ``train`` (its rows are split into as many chunks
+    per epoch as the main objective has steps) and adds ``weight × loss`` to the step's loss."""
+
+    name: str
+    weight: float
+    train: TrainSet
+    loss: CombinedLoss
 
 
 class PipelineModel:
@@ -127,6 +174,13 @@ def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7_919 + salt) % (2**63 - 1))
 
 
+def step_generator(seed: int, epoch: int, step: int, stream: str) -> torch.Generator:
+    """A generator whose stream depends only on (seed, epoch, step, stream name): independent of
+    the global RNG, so drawing from it changes nothing else and a resumed run draws the same."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{step}:{stream}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") % (2**63 - 1))
+
+
 def rng_state() -> dict[str, Any]:
     version, mt, gauss = random.getstate()
     np_state = np.random.get_state()
@@ -167,6 +221,44 @@ def ranking_metrics(pred: torch.Tensor, bank: torch.Tensor, pos: torch.Tensor) -
     ranks = (sims >= target).sum(1).float()
     return {"mrr": float((1.0 / ranks).mean()), "recall@1": float((ranks <= 1).float().mean()),
             "recall@10": float((ranks <= 10).float().mean()), "cosine": float(target.mean())}
+
+
+def selection_metrics(pred: torch.Tensor, sel: SelectionSet) -> dict[str, float]:
+    """MAP and MRR over each question's own candidates, scored by cosine to the prediction,
+    with the functions ``cellnet eval`` uses on selection files
+    (:func:`cellnet_core.metrics.mean_average_precision`, :func:`~cellnet_core.metrics.selection_mrr`;
+    questions without a right candidate are left out, ties count against the right ones)."""
+    p = pred.float()[sel.owner]
+    c = sel.cands.float()[sel.index]
+    scores = F.cosine_similarity(p, c, dim=-1)
+    counts = torch.bincount(sel.owner, minlength=sel.questions).tolist()
+    items = list(zip((s.tolist() for s in scores.split(counts)), (l.tolist() for l in sel.labels.split(counts))))
+    return {"map": M.mean_average_precision(items), "mrr": M.selection_mrr(items)}
+
+
+#: pooled metric names that move to ``pooled_<name>`` when per-question metrics take their name
+_POOLED = ("mrr", "recall@1", "recall@10")
+
+
+def resolve_val_metric(name: str, val: ValSet | None) -> str:
+    """The metric key that ``val_metric`` names for this val set (``auto``: ``map`` on answer
+    selection, ``mrr`` otherwise); :class:`ConfigError` when the val set cannot give it."""
+    selection = val is not None and val.selection is not None and val.selection.questions > 0
+    pooled = val is not None and val.q.shape[0] > 0
+    if name == "auto":
+        return "map" if selection else "mrr"
+    if val is None:
+        return name
+    if name == "map" and not selection:
+        raise ConfigError("training.val_metric: 'map' ranks each question's own candidates and needs a dataset "
+                          "with answer selection (selection('val')); this one has none: use auto, mrr, "
+                          "recall@1, recall@10, cosine or loss")
+    if name != "map" and not (name == "mrr" and selection) and not pooled:
+        raise ConfigError(f"training.val_metric: '{name}' needs validation pairs (pairs('val')); this dataset "
+                          "gives answer selection only: use auto, map or mrr")
+    if selection and name in _POOLED and name != "mrr":
+        return f"pooled_{name}"
+    return name
 
 
 def predict(model: Any, q: torch.Tensor, batch: int = 256) -> torch.Tensor:
@@ -233,6 +325,39 @@ def _score(metrics: dict[str, float], name: str) -> float:
     return -metrics["loss"] if name == "loss" else metrics[name]
 
 
+def _quiet() -> bool:
+    return os.environ.get("CELLNET_QUIET") == "1"
+
+
+def say(run: Any, message: str) -> None:
+    """One line on stderr from the main process (nothing when ``CELLNET_QUIET=1``)."""
+    if getattr(run, "is_main", True) and not _quiet():
+        print(message, file=sys.stderr, flush=True)
+
+
+def _metric_text(metrics: dict[str, float], key: str) -> str:
+    shown = key.replace("pooled_", "pooled ")
+    return f"val {shown} {metrics[key]:.4f}" if key in metrics else ""
+
+
+def epoch_line(label: str, epoch: int, epochs: int, row: dict[str, Any], metrics: dict[str, float],
+               key: str, best_epoch: int | None, best_score: float) -> str:
+    """``dialogue epoch 3/30  train loss 0.4123  val map 0.7012  best epoch 2 (0.7100)  1.4 s``."""
+    parts = [f"{label} epoch {epoch}/{epochs}" + (" (start)" if epoch == 0 else "")]
+    if row.get("train_loss") is not None:
+        parts.append(f"train loss {row['train_loss']:.4f}")
+    if metrics:
+        parts.append(_metric_text(metrics, key))
+        if best_epoch is not None and math.isfinite(best_score):
+            best = -best_score if key == "loss" else best_score
+            parts.append(f"best epoch {best_epoch} ({best:.4f})")
+    elif epoch > 0:
+        parts.append("no validation split")
+    if row.get("seconds") is not None:
+        parts.append(f"{row['seconds']:.1f} s")
+    return "  ".join(p for p in parts if p)
+
+
 def _param_groups(model: Any, params: list[torch.nn.Parameter],
                   scales: dict[str, float]) -> list[dict[str, Any]]:
     """One optimiser group per pipeline part named in ``scales`` (lr multiplied), the rest in one group.
@@ -267,17 +392,30 @@ class Engine:
     epoch_rows: Callable[[int], torch.Tensor] | None = None
     label: str = "train"
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: further objectives trained in the same steps (``training.mix``)
+    aux: list[AuxObjective] = field(default_factory=list)
 
     def _loss_fn(self) -> CombinedLoss:
         return CombinedLoss(self.cfg.loss, self.cfg.temperature, self.cfg.margin)
 
     def validate(self, model: Any, val: ValSet | None, loss_fn: CombinedLoss) -> dict[str, float]:
-        if val is None or val.q.shape[0] == 0:
+        """Per-question ``map``/``mrr`` when ``val.selection`` is set (the pooled ranking's MRR and
+        recalls are then ``pooled_mrr``, ``pooled_recall@1``, …); otherwise pooled ``mrr``,
+        ``recall@1``, ``recall@10``; ``cosine`` and ``loss`` over the pooled pairs."""
+        if val is None:
             return {}
-        pred = predict(model, val.q)
-        out = ranking_metrics(pred, val.bank, val.pos)
-        with torch.no_grad():
-            out["loss"] = float(loss_fn(LossBatch(pred, val.bank.float(), val.pos)))
+        out: dict[str, float] = {}
+        sel = val.selection
+        if sel is not None and sel.questions:
+            out.update(selection_metrics(predict(model, sel.q), sel))
+        if val.q.shape[0]:
+            pred = predict(model, val.q)
+            pooled = ranking_metrics(pred, val.bank, val.pos)
+            if out:
+                pooled = {(f"pooled_{k}" if k in _POOLED else k): v for k, v in pooled.items()}
+            out.update(pooled)
+            with torch.no_grad():
+                out["loss"] = float(loss_fn(LossBatch(pred, val.bank.float(), val.pos)))
         return out
 
     def _mine(self, model: Any, train: TrainSet, k: int) -> torch.Tensor:
@@ -295,9 +433,9 @@ class Engine:
     def fit(self, model: Any, train: TrainSet, val: ValSet | None, run: Any) -> TrainResult:
         cfg = self.cfg
         t_start = time.perf_counter()
-        D.setup(run)
-        rank, world = run.rank, run.world_size
         device = torch.device(model.device)
+        D.setup(run, device.type)
+        rank, world = run.rank, run.world_size
         if world > 1 and device.type == "cuda" and torch.cuda.current_device() != (device.index or 0):
             # one GPU per process: the pipeline was built on the default GPU before the group existed
             device = torch.device("cuda", torch.cuda.current_device())
@@ -316,6 +454,8 @@ class Engine:
                                   weight_decay=cfg.weight_decay) if params else None
         sched = Schedule(cfg)
         amp_ctx, scaler = _autocast(cfg, device)
+        key = resolve_val_metric(getattr(cfg, "val_metric", "mrr"), val)
+        self.val_key = key
 
         start_epoch, best_score, best_epoch, bad_epochs = 1, -math.inf, None, 0
         best_state: dict[str, torch.Tensor] | None = None
@@ -349,7 +489,7 @@ class Engine:
             init = self.validate(model, val, loss_fn)
             if init:
                 # the untrained model competes for "best" too: training must beat where it started
-                best_score, best_epoch = _score(init, cfg.val_metric), 0
+                best_score, best_epoch = _score(init, key), 0
                 best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
                 if run.is_main:
                     save_tensors(run_dir / BEST_WEIGHTS, best_state, metadata={"epoch": "0"})
@@ -359,6 +499,10 @@ class Engine:
         epochs_left = range(start_epoch, cfg.epochs + 1)
         bar = progress(epochs_left, desc=self.label, total=cfg.epochs, initial=start_epoch - 1) \
             if run.is_main else epochs_left
+        # without a visible bar (stderr not a terminal: logs, CI) one line per epoch instead
+        lines = run.is_main and not _quiet() and bool(getattr(bar, "disable", True))
+        if lines and state is None and init:
+            say(run, epoch_line(self.label, 0, cfg.epochs, {}, init, key, best_epoch, best_score))
         last_epoch = start_epoch - 1
         stopped_early = False
         try:
@@ -370,11 +514,18 @@ class Engine:
                     mined = self._mine(model, train, cfg.hard_negatives)
                 order = rows[torch.randperm(rows.numel(), generator=epoch_generator(run.seed, epoch))]
                 batches = [order[i:i + cfg.batch_size] for i in range(0, order.numel(), cfg.batch_size)]
+                # each mixed objective: one pass over its rows per epoch, in as many chunks as there are steps
+                aux_chunks = [torch.tensor_split(
+                    torch.randperm(a.train.q.shape[0], generator=step_generator(run.seed, epoch, 0, f"mix:{a.name}")),
+                    max(1, len(batches))) for a in self.aux]
                 model.train(True)
                 total, count = 0.0, 0
+                aux_total = [0.0] * len(self.aux)
                 for step, idx in enumerate(batches):
                     lr = sched.lr(epoch - 1 + (step + 1) / max(1, len(batches)))
-                    loss = self._step(model, opt, scaler, amp_ctx, loss_fn, train, idx, mined, lr, rank, world)
+                    aux_idx = [chunks[step] for chunks in aux_chunks]
+                    loss, aux_values = self._step(model, opt, scaler, amp_ctx, loss_fn, train, idx, mined, lr,
+                                                  rank, world, (run.seed, epoch, step), aux_idx)
                     value = float(loss)
                     if not math.isfinite(value):
                         where = (f"the last good checkpoint (epoch {epoch - 1}) is kept in {run_dir}"
@@ -384,12 +535,16 @@ class Engine:
                             f"lower training.lr (now {cfg.lr:g}) or set training.grad_clip")
                     total += value * idx.numel()
                     count += idx.numel()
+                    for j, v in enumerate(aux_values):
+                        aux_total[j] += v
                 metrics = self.validate(model, val, loss_fn)
                 row: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(1, count),
                                        "lr": sched.lr(epoch), "pairs": int(rows.numel())}
+                for j, a in enumerate(self.aux):  # mean over steps, unweighted
+                    row[f"train_{a.name}_loss"] = aux_total[j] / max(1, len(batches))
                 row.update({f"val_{k}": v for k, v in metrics.items()})
                 if metrics:
-                    score = _score(metrics, cfg.val_metric)
+                    score = _score(metrics, key)
                     sched.observe(score)
                 else:  # no validation split: the last epoch is the best
                     score = float(epoch)
@@ -420,12 +575,16 @@ class Engine:
                 if hasattr(bar, "set_postfix"):
                     post = {"loss": f"{row['train_loss']:.4f}"}
                     if metrics:
-                        post[f"val_{cfg.val_metric}"] = f"{metrics[cfg.val_metric]:.4f}"
+                        post[f"val_{key}"] = f"{metrics[key]:.4f}"
                     bar.set_postfix(post)
+                if lines:
+                    say(run, epoch_line(self.label, epoch, cfg.epochs, row, metrics, key, best_epoch, best_score))
                 if stop_after is not None and epoch >= int(stop_after) and epoch < cfg.epochs:
                     raise TrainingInterrupted(f"stopped after epoch {epoch} (run.extras['stop_after_epoch'])")
                 if cfg.early_stopping and bad_epochs >= cfg.early_stopping:
                     stopped_early = True
+                    say(run, f"{self.label}: stopped early after epoch {epoch}: val {key.replace('pooled_', 'pooled ')} "
+                             f"did not improve for {bad_epochs} epochs; best epoch {best_epoch}")
                     break
         finally:
             if hasattr(bar, "close"):
@@ -433,7 +592,7 @@ class Engine:
             if run.is_main and getattr(cfg, "plots", False):
                 from cellnet_training.plots import plot_curves
 
-                plot_curves(run_dir, run.read_metrics(), cfg.val_metric)
+                plot_curves(run_dir, run.read_metrics(), key)
 
         if cfg.restore_best and best_state is not None:
             model.load_state_dict(best_state)
@@ -443,8 +602,10 @@ class Engine:
                                     "stopped_early": float(stopped_early)},
                            seconds=time.perf_counter() - t_start, history=run.read_metrics())
 
-    def _step(self, model, opt, scaler, amp_ctx, loss_fn, train: TrainSet, idx: torch.Tensor,
-              mined: torch.Tensor | None, lr: float, rank: int, world: int) -> torch.Tensor:
+    def _batch_loss(self, model, amp_ctx, loss_fn: CombinedLoss, train: TrainSet, idx: torch.Tensor,
+                    mined: torch.Tensor | None, rank: int, world: int, noise: torch.Generator | None
+                    ) -> torch.Tensor:
+        """The full-batch loss of rows ``idx`` (this process runs its shard, see the module doc)."""
         device = torch.device(model.device)
         # the answer columns of this batch: true answers, mined and fixed negatives, each once
         parts = [train.pos[idx]]
@@ -457,15 +618,45 @@ class Engine:
         cols = torch.unique(torch.cat(parts))
         pos = torch.searchsorted(cols, train.pos[idx])
         local, _ = D.shard(idx, rank, world)
+        x = train.q[local]
+        if noise is not None:
+            # drawn for the whole batch, then sharded: W processes add the noise one process would
+            eps = torch.randn(idx.numel(), x.shape[1], generator=noise)
+            where, _ = D.shard(torch.arange(idx.numel()), rank, world)
+            x = x + float(self.cfg.input_noise) * eps[where].to(x.dtype)
         with amp_ctx:
-            pred_local = model(train.q[local].to(device))
+            pred_local = model(x.to(device))
         pred_local = pred_local.float()
         pred = D.gather_rows(pred_local, idx.numel(), world)
-        loss = loss_fn(LossBatch(pred, train.bank[cols].to(device).float(), pos.to(device)))
+        return loss_fn(LossBatch(pred, train.bank[cols].to(device).float(), pos.to(device)))
+
+    def _step(self, model, opt, scaler, amp_ctx, loss_fn, train: TrainSet, idx: torch.Tensor,
+              mined: torch.Tensor | None, lr: float, rank: int, world: int,
+              where: tuple[int, int, int] = (0, 0, 0), aux_idx: list[torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, list[float]]:
+        """One optimisation step; returns (the step's total loss, each mixed objective's loss).
+
+        ``where`` is ``(seed, epoch, step)``: it seeds the input noise."""
+        sigma = float(getattr(self.cfg, "input_noise", 0.0) or 0.0)
+        seed, epoch, step = where
+
+        def noise(stream: str) -> torch.Generator | None:
+            return step_generator(seed, epoch, step, stream) if sigma > 0 else None
+
+        loss = self._batch_loss(model, amp_ctx, loss_fn, train, idx, mined, rank, world, noise("noise"))
+        aux_values: list[float] = []
+        for a, rows in zip(self.aux, aux_idx or []):
+            if rows.numel() == 0:
+                aux_values.append(0.0)
+                continue
+            term = self._batch_loss(model, amp_ctx, a.loss, a.train, rows, None, rank, world,
+                                    noise(f"noise:{a.name}"))
+            aux_values.append(float(term.detach()))
+            loss = loss + a.weight * term
         if opt is None:
-            return loss.detach()
+            return loss.detach(), aux_values
         if not torch.isfinite(loss):
-            return loss.detach()
+            return loss.detach(), aux_values
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
         opt.zero_grad(set_to_none=False)
@@ -483,4 +674,4 @@ class Engine:
             scaler.update()
         else:
             opt.step()
-        return loss.detach()
+        return loss.detach(), aux_values

@@ -29,11 +29,16 @@ def plot_curves(run_dir: Path, rows: Sequence[dict[str, Any]], val_metric: str =
         ax1.plot(*zip(*vl), marker=".", label="val loss")
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.set_title("loss")
     ax1.legend() if (tr or vl) else None
-    for key in ("mrr", "recall@1", "recall@10", "cosine"):
+    per_question = any(r.get("val_map") is not None for r in rows)
+    for key in ("map", "mrr", "pooled_mrr", "recall@1", "pooled_recall@1", "recall@10", "pooled_recall@10",
+                "cosine"):
         pts = [(r["epoch"], r[f"val_{key}"]) for r in rows if r.get(f"val_{key}") is not None]
         if pts:
+            label = key.replace("pooled_", "pooled ")
+            if per_question and key in ("map", "mrr"):
+                label += " (own candidates)"
             ax2.plot(*zip(*pts), marker="o" if key == val_metric else ".",
-                     linewidth=2.2 if key == val_metric else 1.0, label=key)
+                     linewidth=2.2 if key == val_metric else 1.0, label=label)
     best = [r.get("best_epoch") for r in rows if r.get("best_epoch") is not None]
     if best:
         ax2.axvline(best[-1], color="grey", linestyle=":", label=f"best epoch {best[-1]}")
