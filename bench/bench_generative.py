@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import sys
@@ -221,8 +222,8 @@ def main() -> None:
 
 def write(args, source, train, tests, encode_s, decoders, results, speed, examples, total_s, bank_name, budget):
     lines = ["## Generative decoders (cellnet-generative)", "",
-             f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads (2-core VM shared with other "
-             f"jobs while measured), torch {torch.__version__}, Python {platform.python_version()}. "
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads "
+             f"(other jobs may have shared it while measured), torch {torch.__version__}, Python {platform.python_version()}. "
              f"Run: `.venv/bin/python bench/bench_generative.py {' '.join(sys.argv[1:])}` "
              f"({total_s / 60:.1f} min in all). Teacher: {source}.", "",
              f"Data: {len(train)} training sentences (chatterbot-corpus English answers minus a held-out tenth, plus "

@@ -353,8 +353,9 @@ def write_report(rows: list[dict], large: list | None, out: Path, quick: bool, l
     if torch.cuda.is_available():
         lines.append(f"CUDA device present ({torch.cuda.get_device_name()}), but this script measures the CPU kernels.")
     else:
-        lines.append("No GPU was available in this session: the `cuda` kernel (autocast, CUDA graphs) has no "
-                     "measured numbers; its tests are marked `gpu` and were skipped.")
+        lines.append("No GPU numbers yet: this machine has no CUDA device, so the `cuda` kernel (autocast, CUDA "
+                     "graphs) was not measured and its `gpu`-marked tests skip. On a CUDA machine run "
+                     "`bash bench/gpu_session.sh` (tests + bench/bench_kernels_gpu.py).")
     lines.append("")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines), encoding="utf-8")

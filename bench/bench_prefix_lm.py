@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import re
 import sys
@@ -125,7 +126,8 @@ def write(args, source, train, tests, encode_s, bank_name, bank_fit_s, info, res
     chit_bank, ans_bank = results[bank_name][CHIT], results[bank_name][ANS]
     epochs_seen = info["sentences_seen"] / max(info["train_texts"], 1)
     lines = ["## Prefix-LM decoder (cellnet-generative `prefix-lm`)", "",
-             f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads (2-core VM), no GPU, torch "
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, "
+             f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, torch "
              f"{torch.__version__}, Python {platform.python_version()}. Run: "
              f"`.venv/bin/python bench/bench_prefix_lm.py {' '.join(sys.argv[1:])}` ({total_s / 60:.1f} min in all). "
              f"Teacher: {source}.", "",

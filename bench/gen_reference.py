@@ -32,6 +32,17 @@ def _default(field) -> str:
     return "**required**"
 
 
+def _first_paragraph(doc: str | None) -> str:
+    """The docstring's first paragraph (up to the first blank line) as one line, so that a
+    sentence wrapped over several source lines is never cut; reST double backticks become
+    Markdown single ones."""
+    import inspect
+
+    text = inspect.cleandoc(doc or "")
+    para = text.split("\n\n", 1)[0]
+    return " ".join(line.strip() for line in para.splitlines()).replace("``", "`").strip()
+
+
 def _type(field) -> str:
     ann = field.annotation
     text = getattr(ann, "__name__", None) or str(ann)
@@ -53,9 +64,9 @@ def render() -> str:
         out += [f"## {kind}", ""]
         for e in entries:
             out += [f"### `{e.name}` ({e.plugin})", "", e.summary, ""]
-            doc = (e.config_cls.__doc__ or "").strip()
+            doc = _first_paragraph(e.config_cls.__doc__)
             if doc and doc != e.summary:
-                out += [doc.splitlines()[0], ""]
+                out += [doc, ""]
             if e.requires:
                 out += [f"Needs: {', '.join(e.requires)} (`{e.install_hint or 'pip install ' + ' '.join(e.requires)}`)", ""]
             rows = [(n, f) for n, f in e.config_cls.model_fields.items() if n != "name"]
