@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from cellnet_core.registry import Registry
 
 __all__ = ["Plugins", "load_plugins", "load_config", "resolved_config", "train", "load_run", "answer",
-           "evaluate", "untrained_warning", "find_run_config"]
+           "evaluate", "untrained_warning", "find_run_config", "resume_source"]
 
 
 class Plugins(NamedTuple):
@@ -101,6 +101,16 @@ def find_run_config(run_dir: str | Path) -> Path:
     raise ConfigError(f"{run_dir}: no {CONFIG_FILE} here; is this a run directory made by 'cellnet train'?")
 
 
+def resume_source(run_dir: str | Path) -> Path:
+    """The folder ``--resume RUN_DIR`` continues: the interrupted run in ``.<name>.partial`` when
+    there is one, else the complete run itself."""
+    from cellnet_core.run import partial_dir, target_of
+
+    target = target_of(run_dir)
+    partial = partial_dir(target)
+    return partial if partial.exists() else target
+
+
 def resolved_config(source: str | Path | dict[str, Any], overrides: Sequence[str] = (), *,
                     plugins: Plugins | None = None) -> dict[str, Any]:
     """The run config as plain data with every default filled in (what ``cellnet config`` prints)."""
@@ -163,8 +173,10 @@ def train(config: str | Path | dict[str, Any] | "BaseModel" | None, run_dir: str
     world = int(os.environ.get("WORLD_SIZE", "1"))
     launched = os.environ.get(STAGING_ENV)  # a worker of a data-parallel launch: the parent prepared it
     target = Path(os.environ.get(TARGET_ENV) or run_dir) if launched else target_of(run_dir)
+    if resume and not launched:
+        prepare_run_dir(target, resume=True, overwrite=overwrite, dry_run=True)
     if resume and config is None:
-        config = find_run_config(launched or target)
+        config = find_run_config(launched or resume_source(target))
     if config is None:
         raise ConfigError("train: give a config (a YAML file, a mapping or a validated config)")
     config = load_config(config, overrides, plugins=(pm, registry))

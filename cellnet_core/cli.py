@@ -193,7 +193,7 @@ def cmd_train(args) -> int:
         except ImportError:
             raise ConfigError("--nproc needs the cellnet-training plugin (pip install -e plugins/cellnet-training)") from None
         # check and prepare once here, so that every worker writes the same partial directory
-        api.load_config(config if config is not None else api.find_run_config(run_dir), args.set,
+        api.load_config(config if config is not None else api.find_run_config(api.resume_source(run_dir)), args.set,
                         plugins=(pm, registry))
         partial = prepare_run_dir(run_dir, overwrite=args.overwrite, resume=bool(args.resume))
         os.environ[api.STAGING_ENV], os.environ[api.TARGET_ENV] = str(partial), str(run_dir)
