@@ -190,7 +190,9 @@ def evaluate_selection(pipeline, items, baselines: Sequence[Baseline] = (), trai
 
         raise DataError("evaluation: no answer-selection items")
     q = pipeline.encode([it.question for it in items])
-    predictors = {"run": predict_run(pipeline, q)}
+    pair_run = bool(getattr(pipeline, "scores_pairs", False))
+    # a pair-scoring run ranks each candidate by its own score; any other run by cosine to think(q)
+    predictors = {} if pair_run else {"run": predict_run(pipeline, q)}
     if baselines and train_pairs:
         tq = pipeline.encode([p.question for p in train_pairs])
         ta = pipeline.encode([p.answer for p in train_pairs])
@@ -200,6 +202,23 @@ def evaluate_selection(pipeline, items, baselines: Sequence[Baseline] = (), trai
     elif baselines:
         predictors["identity"] = q
     rows = []
+    if pair_run:
+        import torch
+
+        flat_q = [it.question for it in items for _ in it.candidates]
+        flat_c = [c for it in items for c in it.candidates]
+        pipeline.eval()
+        with torch.no_grad():
+            flat = pipeline.score_pairs(flat_q, flat_c).float().cpu().tolist()
+        scored, at = [], 0
+        for it in items:
+            scored.append((flat[at:at + len(it.candidates)], it.labels))
+            at += len(it.candidates)
+        rows.append({"name": "run", "map": M.mean_average_precision(scored), "mrr": M.selection_mrr(scored)})
+        if not baselines:
+            predictors = {}
+        elif "identity" not in predictors:
+            predictors["identity"] = q
     for name, pred in predictors.items():
         scored = []
         for i, it in enumerate(items):

@@ -29,6 +29,7 @@ class TokenCache:
     """Token states of one encoder, in memory and on disk."""
 
     def __init__(self, encoder: Any, cache_dir: str | Path | None = None, enabled: bool = True):
+        self.outer = encoder  # a CachedEncoder: its embedding cache is filled from the same passes
         inner = getattr(encoder, "inner", encoder)
         if not callable(getattr(inner, "encode_tokens", None)):
             raise ConfigError(f"encoder '{type(inner).__name__}' gives no token states (it has no "
@@ -95,7 +96,18 @@ class TokenCache:
         missing = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in self._mem))
         if missing:
             self.calls += 1
-            rows = self.inner.encode_tokens(missing)
+            emb_cache = getattr(self.outer, "cache", None) if getattr(self.outer, "enabled", False) else None
+            if emb_cache is not None and self.outer.fingerprint == self.inner.fingerprint:
+                try:  # one model pass for token states and sentence embeddings
+                    rows, emb = self.inner.encode_tokens(missing, return_embeddings=True)
+                except TypeError:  # an encoder whose encode_tokens has no return_embeddings
+                    rows = self.inner.encode_tokens(missing)
+                else:
+                    _, absent = emb_cache.get_many(missing)
+                    if absent:
+                        emb_cache.put_many([missing[i] for i in absent], emb[absent])
+            else:
+                rows = self.inner.encode_tokens(missing)
             new_keys = [text_key(t) for t in missing]
             for k, r in zip(new_keys, rows):
                 self._mem[k] = (r[0].long(), r[1].half())

@@ -225,12 +225,14 @@ class HFEncoder(Teacher):
         return f"{self.base_fingerprint}:tokens-v1"
 
     @torch.no_grad()
-    def encode_tokens(self, texts: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def encode_tokens(self, texts: Sequence[str], return_embeddings: bool = False) -> Any:
         """Per text, its token ids ``[L]`` (int64) and L2-normalised token states ``[L, D0]``
         (float16, CPU) from the configured layer, special tokens (CLS/SEP/BOS/EOS/PAD) left out.
 
         A text whose tokens are all special (e.g. an empty string) gets its first token back,
-        so every text has at least one row. Batched by length like :meth:`base_encode`."""
+        so every text has at least one row. Batched by length like :meth:`base_encode`. With
+        ``return_embeddings`` the same forward passes also give what :meth:`encode` returns:
+        ``(rows, emb [B, D])`` (one model pass for both)."""
         from cellnet_core.run import progress
 
         texts = list(texts)
@@ -238,6 +240,7 @@ class HFEncoder(Teacher):
         special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]), reverse=True)
         out: list[Any] = [None] * len(texts)
+        base = torch.empty(len(texts), self.base_dim)
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         bar = batches
         if len(texts) > PROGRESS_MIN_TEXTS:
@@ -250,6 +253,10 @@ class HFEncoder(Teacher):
             res = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=want_hidden)
             self.forward_calls += 1
             hidden = res.last_hidden_state if not want_hidden else res.hidden_states[self.layer]
+            vec = pool(hidden.float(), mask, self.pooling, self.skip_first_token)
+            if self.normalize:
+                vec = torch.nn.functional.normalize(vec, dim=-1)
+            base[torch.tensor(idx)] = vec.to("cpu", torch.float32)
             hidden = torch.nn.functional.normalize(hidden.float(), dim=-1).to("cpu", torch.float16)
             for row, i in enumerate(idx):
                 tok = torch.tensor(ids[i], dtype=torch.long)
@@ -258,7 +265,12 @@ class HFEncoder(Teacher):
                     keep[0] = True
                 pos = keep.nonzero().squeeze(1)
                 out[i] = (tok[pos], hidden[row, :len(ids[i])][pos].clone())
-        return out
+        if not return_embeddings:
+            return out
+        emb = self.pre.apply(base)  # what encode() gives: the fitted preprocessing, if any
+        if self.pre.needs_fit and self.normalize:
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+        return out, emb.float().contiguous()
 
 
 def resolve_encoder_device(name: str, ctx: Any) -> torch.device:

@@ -132,9 +132,9 @@ class ListwiseStrategy:
         texts = list(dict.fromkeys([t for it in train + val for t in [it.question, *it.candidates]]))
         self._say(run, f"listwise: {len(train)} training / {len(val)} validation questions, "
                        f"{len(texts)} texts to encode (cached after the first run)")
-        pipeline.encode(texts)
         if getattr(pipeline.reshaper, "uses_tokens", False):
-            pipeline.encode_tokens(texts)
+            pipeline.encode_tokens(texts)  # fills the embedding cache from the same passes
+        pipeline.encode(texts)
         params = [p for p in pipeline.parameters() if p.requires_grad]
         groups = self._param_groups(pipeline)
         opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
