@@ -50,6 +50,7 @@ def default_cache_dir() -> Path:
 
 
 def text_key(text: str) -> str:
+    """The cache key of a text: its UTF-8 SHA-1, hex."""
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 

@@ -22,6 +22,8 @@ MANIFEST_VERSION = 1
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so a
+    reader sees the old file or the new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -38,14 +40,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write_bytes` of UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """:func:`atomic_write_text` of ``obj`` as indented, key-sorted JSON."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, hex (read in 1 MiB chunks)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -113,6 +118,7 @@ def save_tree(path: str | Path, obj: Any) -> None:
 
 
 def load_tree(path: str | Path) -> Any:
+    """What :func:`save_tree` saved; a file without its structure metadata raises :class:`CheckpointError`."""
     from safetensors import safe_open
 
     tensors = load_tensors(path)
@@ -124,6 +130,7 @@ def load_tree(path: str | Path) -> Any:
 
 
 def plugin_versions() -> dict[str, str]:
+    """``{distribution: version}`` of every installed cellnet plugin and of cellnet-core (for manifests)."""
     from importlib import metadata
 
     out = {}
@@ -165,6 +172,7 @@ def read_json(path: str | Path, missing: str) -> Any:
 
 
 def read_manifest(run_dir: str | Path) -> dict:
+    """A run directory's ``manifest.json``; missing or damaged raises :class:`CheckpointError` naming it."""
     path = Path(run_dir) / MANIFEST
     manifest = read_json(path, "is this a cellnet run directory?")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):

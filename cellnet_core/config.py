@@ -194,6 +194,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "-
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file's mapping (``yaml.safe_load``); an unreadable file or YAML raises
+    :class:`ConfigError` naming the file and line."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

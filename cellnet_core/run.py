@@ -48,6 +48,7 @@ class RunContext:
 
     @property
     def is_main(self) -> bool:
+        """True in the process that writes files (rank 0)."""
         return self.rank == 0
 
     def log_metrics(self, row: dict[str, Any]) -> None:
@@ -62,6 +63,7 @@ class RunContext:
                                            metrics={k: v for k, v in row.items() if isinstance(v, (int, float))})
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """Every row of ``metrics.jsonl`` so far (empty before the first)."""
         path = self.run_dir / METRICS_FILE
         if not path.exists():
             return []
@@ -80,12 +82,14 @@ class RunContext:
             save_tree(self.run_dir / name, state)
 
     def load_state(self, name: str = STATE_FILE) -> dict[str, Any] | None:
+        """The state :meth:`save_state` wrote, or None when there is none yet."""
         path = self.run_dir / name
         if not path.exists():
             return None
         return load_tree(path)
 
     def write_json(self, name: str, obj: Any) -> None:
+        """Write ``obj`` as JSON into the run directory, atomically (main process only)."""
         if self.is_main:
             atomic_write_json(self.run_dir / name, obj)
 
