@@ -65,3 +65,50 @@ def test_shard_and_strip_nproc():
     assert torch.equal(torch.cat([p for p, _ in parts])[:7], idx)
     assert strip_nproc(["train", "c.yaml", "--nproc", "2", "--set", "a=1", "--nproc=3"]) == \
         ["train", "c.yaml", "--set", "a=1"]
+
+
+@pytest.mark.parametrize("gpus, local_rank, device, want", [
+    (8, 3, "cuda", "nccl"),   # rank 11 of 2 machines × 8 GPUs: its own GPU is local GPU 3
+    (8, 7, None, "nccl"),
+    (8, 8, "cuda", "gloo"),   # a 9th process on an 8-GPU machine has no GPU of its own
+    (2, 0, "cpu", "gloo"),    # device: cpu keeps nccl out even where GPUs exist
+    (0, 0, "cuda", "gloo"),   # no CUDA at all
+])
+def test_backend_follows_the_local_ranks_gpu(monkeypatch, gpus, local_rank, device, want):
+    from cellnet_training import distributed as D
+
+    monkeypatch.delenv("CELLNET_DIST_BACKEND", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setenv("WORLD_SIZE", "16")  # more processes in all than GPUs on any one machine
+    monkeypatch.setenv("RANK", str(8 + local_rank))
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    assert D.choose_backend(device) == want
+    monkeypatch.setenv("CELLNET_DIST_BACKEND", "gloo")
+    assert D.choose_backend(device) == "gloo"
+
+
+def test_setup_joins_with_the_chosen_backend(monkeypatch):
+    """2 machines × 8 GPUs: process 11 (local rank 3) joins with nccl on its own GPU."""
+    import torch.distributed as dist
+
+    from cellnet_training import distributed as D
+
+    calls = {}
+    monkeypatch.delenv("CELLNET_DIST_BACKEND", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.setdefault("device", i))
+    monkeypatch.setattr(dist, "is_initialized", lambda: "backend" in calls)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: calls.setdefault("backend", backend))
+    monkeypatch.setattr(dist, "get_rank", lambda: 11)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 16)
+    for k, v in {"WORLD_SIZE": "16", "RANK": "11", "LOCAL_RANK": "3"}.items():
+        monkeypatch.setenv(k, v)
+
+    class Run:
+        rank, world_size = 0, 1
+
+    run = Run()
+    D.setup(run, "cuda")
+    assert calls == {"device": 3, "backend": "nccl"} and (run.rank, run.world_size) == (11, 16)

@@ -4,7 +4,7 @@ Each turns a dataset into embedding tensors (:class:`~cellnet_training.engine.Tr
 the pipeline's reshaper + core with the shared :class:`~cellnet_training.engine.Engine`, then fits
 the decoder on the training answers, as the core's ``retrieval`` strategy does.
 
-Staged training: ``init_from`` warm-starts reshaper + core from another run (:func:`warm_start`);
+Staged training: ``init_from`` warm-starts reshaper + core from another run (:func:`load_init_weights`);
 ``mix`` trains a second objective in the same steps (:meth:`_GradientStrategy.mix_objectives`).
 Validation on datasets with answer selection ranks each question's own candidates
 (:func:`selection_set`).
@@ -165,7 +165,7 @@ def sentence_texts(data: Any, split: str, source: str = "texts") -> list[str]:
     return [t for p in _pairs(data, split) for t in (p.question, p.answer)]
 
 
-def warm_start(pipeline: Any, source: str | Path, run: Any = None) -> int:
+def load_init_weights(pipeline: Any, source: str | Path, run: Any = None) -> int:
     """Replace the pipeline's reshaper + core weights with those of run directory ``source``
     (``training.init_from``); returns the number of tensors loaded.
 
@@ -260,7 +260,7 @@ class _GradientStrategy:
 
         resuming = bool(run.resume) and (Path(run.run_dir) / STATE_FILE).exists()
         if self.cfg.init_from and not resuming:  # on resume the checkpoint holds the weights
-            n = warm_start(pipeline, self.cfg.init_from, run)
+            n = load_init_weights(pipeline, self.cfg.init_from, run)
             say(run, f"{self.label}: warm start from {self.cfg.init_from} ({n} tensors)")
         trainset, valset, answers = self.prepare(pipeline, data, run)
         engine = self.engine(trainset)
