@@ -50,6 +50,11 @@ NEEDS = {
     ("decoder", "ret"): lambda: {**TINY_GEN, "n_heads": 2, "ffn_hidden": 32},
     ("decoder", "cct-mamba"): lambda: {**TINY_GEN, "d_state": 4},
     ("decoder", "hybrid"): lambda: {"generator": {"name": "ret", **TINY_GEN, "n_heads": 2, "ffn_hidden": 32}},
+    ("reshaper", "pair-faces"): lambda: {"shape": [2, 2, 3], "channels": 12},
+    ("reshaper", "interaction-grid"): lambda: {"shape": [6, 8, 1], "channels": 3},
+    ("reshaper", "pair-mlp"): lambda: {"hidden": 8},
+    ("core", "conv-grid"): lambda: {"hidden": 4, "layers": 1},
+    ("strategy", "listwise"): lambda: {"epochs": 1, "batch_size": 4},
     ("strategy", "dialogue"): lambda: TINY_TRAIN,
     ("strategy", "autoencoder"): lambda: TINY_TRAIN,
     ("strategy", "curriculum"): lambda: TINY_TRAIN,
@@ -91,6 +96,11 @@ def _config(kind: str, name: str) -> dict:
         cfg[SECTION[kind]] = {"name": name, **extra}
     if kind == "encoder":  # the flat reshaper adapts to any embedding size
         cfg["reshaper"] = {"name": "flat", "channels": 1}
+    if (kind, name) == ("reshaper", "interaction-grid"):  # token states: a transformer teacher
+        cfg["encoder"] = {"name": "minilm"}
+    if (kind, name) == ("strategy", "listwise"):  # a pair scorer trained on selection items
+        cfg["data"] = {"name": "selection", "path": str(DATA / "selection.jsonl")}
+        cfg["reshaper"] = {"name": "pair-faces", **NEEDS[("reshaper", "pair-faces")]()}
     if kind == "strategy" and name == "decoder":
         cfg["decoder"] = {"name": "ret", **NEEDS[("decoder", "ret")]()}
     return cfg
