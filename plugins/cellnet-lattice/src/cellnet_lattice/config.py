@@ -274,3 +274,46 @@ class ConvGridCoreConfig(ComponentConfig):
     hidden: int = Field(16, ge=1, le=4096, description="hidden channels of each block")
     layers: int = Field(3, ge=0, le=256, description="residual blocks")
     kernel_size: int = Field(3, ge=1, le=15, description="spatial kernel size (odd)")
+
+
+# -- conversation context (cellnet_lattice.context) ----------------------------------------------
+class ContextPlanesReshaperConfig(ComponentConfig):
+    """The last ``slots`` turns of a conversation, each on its own z-plane through its own adapter;
+    the next turn read from one plane (default: the latest turn's). Untrained = the latest turn."""
+
+    name: Literal["context-planes"] = "context-planes"
+    shape: Shape = Field((8, 8, 3), description="lattice (X, Y, Z); each slot fills one X×Y plane, so Z ≥ slots")
+    channels: int = Field(6, ge=1, le=4096, description="state channels C per cell (X·Y·C ≥ D; = D for exact)")
+    slots: int = Field(3, ge=1, le=64, description="turns per input k: the input is [B, k·D], oldest turn first; "
+                                                   "missing earlier turns are zeros")
+    planes: Optional[list[int]] = Field(None, description="z-plane of each slot, oldest first (default 0, 1, …, "
+                                                          "slots−1: the latest turn on z = slots−1)")
+    read: Optional[int] = Field(None, ge=0, description="slot whose plane is read (default slots−1, the latest turn)")
+    adapter: Literal["learned", "exact"] = Field(
+        "learned", description="learned: Linear(D → X·Y·C) per slot with orthonormal columns, output adapter "
+                               "initialised to the read slot's transpose; exact: no parameters, the D dims fill "
+                               "each plane in order (X·Y·C must equal D)")
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, v: Shape) -> Shape:
+        if any(s < 1 or s > 1024 for s in v):
+            raise ValueError(f"every size must be in 1..1024, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _depth_fits_slots(self):
+        Z, k = self.shape[2], self.slots
+        planes = self.planes if self.planes is not None else list(range(k))
+        if k > Z:
+            raise ValueError(f"the lattice depth Z = {Z} holds fewer z-planes than the {k} slots; give Z ≥ {k}")
+        if len(planes) != k:
+            raise ValueError(f"planes: {len(planes)} planes for {k} slots; give one z index per slot")
+        bad = [p for p in planes if not 0 <= p < Z]
+        if bad:
+            raise ValueError(f"planes: {bad} outside the lattice's z-planes 0..{Z - 1}")
+        if len(set(planes)) != k:
+            raise ValueError(f"planes: {planes} puts two slots on one plane; give distinct planes")
+        if self.read is not None and self.read >= k:
+            raise ValueError(f"read: slot {self.read} does not exist (slots 0..{k - 1}; {k - 1} is the latest turn)")
+        return self

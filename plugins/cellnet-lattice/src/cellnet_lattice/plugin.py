@@ -32,3 +32,7 @@ def cellnet_register_components(registry) -> None:
                  summary="baseline pair scorer without a lattice (core: identity): cos + MLP([q, c, q⊙c, |q−c|])")
     registry.add("core", "conv-grid", c.ConvGridCoreConfig, f"{_PKG}.pair:build_conv_grid",
                  summary="baseline core for interaction-grid: residual 2D convolutions of the lattice cell's size")
+    registry.add("reshaper", "context-planes", c.ContextPlanesReshaperConfig,
+                 f"{_PKG}.context:build_context_planes",
+                 summary="conversation context: the last k turns on k z-planes (an adapter each), the next "
+                         "turn read from the latest turn's plane (starts at the identity of the last turn)")
