@@ -28,6 +28,7 @@ class ResidualMLP(nn.Module):
         self.residual = d_in == d_out
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
+        """``q [B, D_in]`` → ``[B, D_out]``."""
         out = self.fc2(nn.functional.gelu(self.fc1(q)))
         return q + out if self.residual else out
 
@@ -38,6 +39,8 @@ def hidden_for(n_params: int, d_in: int, d_out: int) -> int:
 
 
 def training_config(pipeline: Any) -> Any:
+    """The run's training options for the baseline (dialogue defaults when the run has none), with
+    early stopping, best-epoch restore, plots and selection negatives off (it has no validation split)."""
     from cellnet_training.config import DialogueConfig, OptimisationConfig
 
     cfg = getattr(getattr(pipeline, "config", None), "training", None)
@@ -49,6 +52,7 @@ def training_config(pipeline: Any) -> Any:
 
 
 class MLPBaseline(Baseline):
+    """The ``mlp`` evaluation baseline (:class:`ResidualMLP` of the run's size, trained like the run)."""
     name = "mlp"
     description = "residual MLP with the run's parameter count, trained like the run"
 
@@ -57,6 +61,7 @@ class MLPBaseline(Baseline):
         self.n_params = 0
 
     def fit(self, train_q: torch.Tensor, train_a: torch.Tensor, pipeline: Any) -> None:
+        """Train on question embeddings ``train_q [N, D_in]`` → answer embeddings ``train_a [N, D_out]``."""
         from cellnet_core.run import RunContext
         from cellnet_training.engine import Engine, ModuleModel, TrainSet
 
@@ -76,6 +81,7 @@ class MLPBaseline(Baseline):
         self.model.eval()
 
     def predict(self, q: torch.Tensor) -> torch.Tensor:
+        """Predicted answer embeddings ``[B, D_out]`` for questions ``q [B, D_in]``."""
         assert self.model is not None, "fit first"
         with torch.no_grad():
             return self.model(q.float()).detach()

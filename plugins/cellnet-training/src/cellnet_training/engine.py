@@ -60,6 +60,7 @@ class TrainingInterrupted(Exception):
 
 @dataclass
 class TrainSet:
+    """Training tensors: questions ``q`` map onto rows ``pos`` of the answer ``bank`` (see the module doc)."""
     q: torch.Tensor  #: [N, D_in] inputs
     pos: torch.Tensor  #: [N] long, row of the true answer in ``bank``
     bank: torch.Tensor  #: [M, D_out] answer embeddings, each answer once
@@ -81,6 +82,7 @@ class SelectionSet:
 
     @property
     def questions(self) -> int:
+        """Number of questions."""
         return int(self.q.shape[0])
 
 
@@ -119,6 +121,7 @@ class PipelineModel:
         return self.pipeline.think(x)
 
     def parameters(self) -> list[torch.nn.Parameter]:
+        """The pipeline's trainable parameters."""
         return [p for p in self.pipeline.parameters() if p.requires_grad]
 
     def named_parts(self) -> dict[str, list[torch.nn.Parameter]]:
@@ -127,15 +130,19 @@ class PipelineModel:
                 for name, m in self.pipeline.trainable_modules().items()}
 
     def train(self, mode: bool = True) -> None:
+        """Training (``True``) or evaluation mode for every part."""
         self.pipeline.train(mode)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """Reshaper and core tensors, keyed ``<part>.<name>``."""
         return self.pipeline.state_tensors()
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load tensors of :meth:`state_dict` (strict)."""
         self.pipeline.load_state_tensors(tensors)
 
     def to_device(self, device: torch.device) -> None:
+        """Move the trainable parts to ``device``."""
         for m in self.pipeline.trainable_modules().values():
             m.to(device)
         self.pipeline.device = self.device = device
@@ -152,18 +159,23 @@ class ModuleModel:
         return self.module(x.to(self.device))
 
     def parameters(self) -> list[torch.nn.Parameter]:
+        """The module's trainable parameters."""
         return [p for p in self.module.parameters() if p.requires_grad]
 
     def train(self, mode: bool = True) -> None:
+        """Training (``True``) or evaluation mode."""
         self.module.train(mode)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The module's tensors."""
         return self.module.state_dict()
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load tensors of :meth:`state_dict`."""
         self.module.load_state_dict(tensors)
 
     def to_device(self, device: torch.device) -> None:
+        """Move the module to ``device``."""
         self.module.to(device)
         self.device = device
 
@@ -182,6 +194,7 @@ def step_generator(seed: int, epoch: int, step: int, stream: str) -> torch.Gener
 
 
 def rng_state() -> dict[str, Any]:
+    """The torch, CUDA, Python and NumPy RNG states as tensors and plain data (checkpointable without pickle)."""
     version, mt, gauss = random.getstate()
     np_state = np.random.get_state()
     out: dict[str, Any] = {
@@ -196,6 +209,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the RNG states of :func:`rng_state`."""
     torch.set_rng_state(state["torch"])
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
@@ -206,6 +220,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -262,6 +277,7 @@ def resolve_val_metric(name: str, val: ValSet | None) -> str:
 
 
 def predict(model: Any, q: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """The model's outputs ``[N, D_out]`` for inputs ``q [N, D_in]`` in evaluation mode, on CPU."""
     model.train(False)
     outs = []
     with torch.no_grad():
@@ -281,6 +297,7 @@ class Schedule:
         self.bad = 0
 
     def lr(self, epoch_progress: float) -> float:
+        """The learning rate at ``epoch_progress`` (epochs done, fractions included)."""
         c = self.cfg
         lr = c.lr * self.scale
         if c.warmup_epochs > 0:
@@ -291,6 +308,7 @@ class Schedule:
         return lr
 
     def observe(self, score: float) -> None:
+        """Feed one validation score (higher is better); the plateau schedule cuts the lr on a plateau."""
         if self.cfg.schedule != "plateau":
             return
         if score > self.best + 1e-9:
@@ -302,9 +320,11 @@ class Schedule:
                 self.bad = 0
 
     def state_dict(self) -> dict[str, Any]:
+        """The plateau state, for checkpoints."""
         return {"scale": self.scale, "best": self.best if math.isfinite(self.best) else None, "bad": self.bad}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
         self.scale, self.bad = float(s["scale"]), int(s["bad"])
         self.best = -math.inf if s["best"] is None else float(s["best"])
 
@@ -387,6 +407,7 @@ def _param_groups(model: Any, params: list[torch.nn.Parameter],
 # -- the loop -----------------------------------------------------------------------------------------
 @dataclass
 class Engine:
+    """The shared training loop (see the module doc): one instance trains one model once."""
     cfg: Any
     #: optional ``fn(epoch) -> LongTensor`` of the row indices trained in that epoch (curriculum)
     epoch_rows: Callable[[int], torch.Tensor] | None = None
@@ -431,6 +452,8 @@ class Engine:
         return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
 
     def fit(self, model: Any, train: TrainSet, val: ValSet | None, run: Any) -> TrainResult:
+        """Train ``model`` on ``train``, validating on ``val`` every epoch, in run directory ``run``
+        (resumed from its checkpoint when ``run.resume``); returns the :class:`TrainResult`."""
         cfg = self.cfg
         t_start = time.perf_counter()
         device = torch.device(model.device)

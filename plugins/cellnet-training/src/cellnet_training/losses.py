@@ -18,12 +18,14 @@ from torch.nn import functional as F
 
 @dataclass
 class LossBatch:
+    """The batch view every loss sees (see the module doc)."""
     pred: torch.Tensor  #: [b, D] predictions
     cols: torch.Tensor  #: [K, D] candidate answer embeddings
     pos: torch.Tensor  #: [b] long, column of the true answer
 
 
 def cosine_loss(batch: LossBatch, **_: Any) -> torch.Tensor:
+    """``1 − cos(pred, true answer)``, averaged over the batch."""
     target = batch.cols[batch.pos]
     return (1.0 - F.cosine_similarity(batch.pred, target, dim=-1)).mean()
 
@@ -77,13 +79,16 @@ class CombinedLoss(nn.Module):
 
     @property
     def names(self) -> list[str]:
+        """The names of the terms."""
         return [n for n, _ in self.terms]
 
     @property
     def uses_negatives(self) -> bool:
+        """Whether a term uses other columns than the true answer (infonce, triplet)."""
         return any(n in CONTRASTIVE for n in self.names)
 
     def forward(self, batch: LossBatch) -> torch.Tensor:
+        """The weighted sum of the terms on ``batch``."""
         total = batch.pred.new_zeros(())
         for name, weight in self.terms:
             if weight:

@@ -323,6 +323,7 @@ class CurriculumStrategy(DialogueStrategy):
     label = "curriculum"
 
     def competence(self, epoch: int) -> float:
+        """c(epoch) ∈ (0, 1]: the fraction of (easiest) pairs trained in ``epoch`` (1-based)."""
         c = self.cfg
         t = epoch - 1
         horizon = max(1.0, c.full_at * c.epochs)
@@ -334,6 +335,7 @@ class CurriculumStrategy(DialogueStrategy):
         return min(1.0, value)
 
     def engine(self, trainset: TrainSet) -> Engine:
+        """An engine whose epochs train the easiest ⌈c(e)·N⌉ rows of ``trainset``."""
         easy = F.cosine_similarity(trainset.q.float(), trainset.bank[trainset.pos].float(), dim=-1)
         order = torch.argsort(easy, descending=True, stable=True)
         n = order.numel()
@@ -353,6 +355,7 @@ class AutoencoderStrategy(_GradientStrategy):
         return sentence_texts(data, split, self.cfg.source)
 
     def prepare(self, pipeline: Any, data: Any, run: Any):
+        """Each unique sentence's embedding as input and as its own target (train and val)."""
         texts = list(dict.fromkeys(self._texts(data, "train")))
         if not texts:
             raise DataError("training 'autoencoder': the dataset has no training texts")
@@ -380,6 +383,7 @@ class DistillStrategy(_GradientStrategy):
         self._embed: Embed | None = None
 
     def teachers(self, pipeline: Any, run: Any) -> Embed:
+        """The ensemble target: ``embed(texts) -> [B, D]`` over the configured teachers."""
         from cellnet_core.cache import CachedEncoder
         from cellnet_core.pipeline import BuildContext
 
@@ -415,10 +419,12 @@ class DistillStrategy(_GradientStrategy):
         return embed
 
     def prepare(self, pipeline: Any, data: Any, run: Any):
+        """Pair tensors whose answer targets are the teachers' ensemble embeddings."""
         self._embed = self.teachers(pipeline, run)
         return pair_sets(pipeline, data, self.cfg, embed_target=self._embed)
 
     def fit_decoder(self, pipeline: Any, answers: list[str], run: Any = None) -> None:
+        """Fit the decoder on the training answers and their ensemble targets."""
         fit_decoder_on(pipeline, answers, self._embed(answers) if self._embed is not None else None, run=run)
 
 
@@ -429,6 +435,7 @@ class DecoderStrategy:
         self.cfg = cfg
 
     def fit(self, pipeline: Any, data: Any, run: Any) -> TrainResult:
+        """Fit the decoder on the configured texts; one ``metrics.jsonl`` row."""
         t0 = time.perf_counter()
         dec = pipeline.decoder
         if not callable(getattr(dec, "fit", None)):
@@ -462,20 +469,25 @@ class DecoderStrategy:
 
 
 def build_autoencoder(cfg, ctx=None) -> AutoencoderStrategy:
+    """Factory of the ``autoencoder`` strategy."""
     return AutoencoderStrategy(cfg)
 
 
 def build_dialogue(cfg, ctx=None) -> DialogueStrategy:
+    """Factory of the ``dialogue`` strategy."""
     return DialogueStrategy(cfg)
 
 
 def build_curriculum(cfg, ctx=None) -> CurriculumStrategy:
+    """Factory of the ``curriculum`` strategy."""
     return CurriculumStrategy(cfg)
 
 
 def build_distill(cfg, ctx=None) -> DistillStrategy:
+    """Factory of the ``distill`` strategy."""
     return DistillStrategy(cfg)
 
 
 def build_decoder(cfg, ctx=None) -> DecoderStrategy:
+    """Factory of the ``decoder`` strategy."""
     return DecoderStrategy(cfg)

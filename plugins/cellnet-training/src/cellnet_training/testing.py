@@ -44,6 +44,7 @@ class TinyTestCore(nn.Module):
         self.poison_after, self.calls = poison_after, 0
 
     def forward(self, field: torch.Tensor) -> torch.Tensor:
+        """``field [B, X, Y, Z, C]`` → state of the same shape."""
         self.calls += 1
         s = field
         for _ in range(self.steps):
@@ -55,6 +56,7 @@ class TinyTestCore(nn.Module):
 
 
 def build_tiny_core(cfg, ctx) -> TinyTestCore:
+    """Factory of ``tiny-test-core`` (shape and channels from the reshaper)."""
     r = ctx.reshaper
     return TinyTestCore(tuple(r.shape), r.channels, cfg.hidden, cfg.steps, cfg.poison_after)
 
@@ -92,12 +94,15 @@ class FakeWordMap:
         self._rng_seed = seed
 
     def pairs(self, split: str) -> list[Pair]:
+        """The pairs of ``split`` (train, val, test)."""
         return list(self._splits[split])
 
     def texts(self, split: str) -> list[str]:
+        """Questions and answers of ``split``."""
         return [t for p in self._splits[split] for t in (p.question, p.answer)]
 
     def selection(self, split: str) -> list[SelectionItem]:
+        """Each question with its answer and 3 wrong answers of the same split (``selection: true``)."""
         if not self._selection:
             raise NotImplementedError("selection is off")
         rng = random.Random(self._rng_seed + 1)
@@ -110,6 +115,7 @@ class FakeWordMap:
 
 
 def build_fake_wordmap(cfg, ctx) -> FakeWordMap:
+    """Factory of ``fake-wordmap``."""
     return FakeWordMap(cfg.n, cfg.seed, cfg.selection)
 
 
@@ -118,6 +124,7 @@ class FakesPlugin:
 
     @hookimpl
     def cellnet_register_components(self, registry) -> None:
+        """Register ``tiny-test-core`` and ``fake-wordmap``."""
         registry.add("core", "tiny-test-core", TinyTestCoreConfig, build_tiny_core,
                      summary="fake trainable core for tests (linear mix + per-cell MLP)")
         registry.add("dataset", "fake-wordmap", FakeWordMapConfig, build_fake_wordmap,

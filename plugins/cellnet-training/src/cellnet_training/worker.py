@@ -7,6 +7,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``cellnet`` with ``argv`` (default: this process's arguments); return its exit code."""
     from cellnet_core.cli import main as cli_main
 
     return cli_main(sys.argv[1:] if argv is None else argv) or 0
