@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LATTICE = {"name": "lattice", "cell": {"name": "nca", "hidden": 16}, "steps": 4, "neighbourhood": "von-neumann",
            "boundary": "walls", "kernel": "auto"}
-GRID = {"name": "interaction-grid", "shape": [16, 48, 1], "channels": 4, "features": ["cos", "exact"]}
+GRID = {"name": "interaction-grid", "shape": [16, 48, 1], "channels": 6, "features": ["cos", "exact", "idf"]}
 FACES = {"name": "pair-faces", "shape": [8, 8, 4], "channels": 6, "adapter": "exact"}
 
 #: name → (reshaper, core, what it is, its equal-size baseline)
 VARIANTS: dict[str, tuple[dict, dict, str, str | None]] = {
-    "grid-lattice": (GRID, LATTICE, "token grid (cos, exact match) → NCA lattice, 4 steps → readout", "grid-conv"),
+    "grid-lattice": (GRID, LATTICE, "token grid (cos, exact match, idf-weighted match) → NCA lattice, 4 steps → readout", "grid-conv"),
     "grid-conv": (GRID, {"name": "conv-grid", "hidden": 16, "layers": 2}, "same grid → 2 residual 2D conv blocks "
                   "(baseline of equal size)", None),
     "grid-readout": (GRID, {**LATTICE, "steps": 0}, "same grid, lattice steps 0: only the readout learns "
@@ -145,8 +145,8 @@ def render(runs: list[dict], ident: list[float], args, n_test: int, split: dict,
         f"SQuAD v1.1 dev (bundled), split by article: {split['train']} / {split['val']} / {split['test']} "
         f"train / val / test questions; each question ranks the sentences of its own paragraph. Every scorer "
         f"is `cos(q, c) + readout(lattice state)` with the readout zero at init, trained by the `listwise` "
-        f"strategy ({args.epochs} epochs at most, early stopping on validation MAP, epoch 0 = the untrained "
-        f"scorer = identity). Test MAP on {n_test} test questions, mean ± sd over {args.seeds} seed(s); the "
+        f"strategy ({args.epochs} epochs at most, 2 in-batch negatives per question, early stopping after 2 "
+        f"epochs without gain in validation MAP, epoch 0 = the untrained scorer = identity). Test MAP on {n_test} test questions, mean ± sd over {args.seeds} seed(s); the "
         f"intervals are paired bootstraps (5,000 resamples) of per-question AP averaged over seeds.", "",
         "| variant | what | params: lattice/core · readout · adapters | best epochs | val MAP | test MAP | "
         "vs identity | vs its baseline |",
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     ident = identity_aps(reg, data)
     print(f"identity test MAP {statistics.mean(ident):.4f}", file=sys.stderr, flush=True)
-    train_cfg = {"epochs": args.epochs}
+    train_cfg = {"epochs": args.epochs, "in_batch": 2, "early_stopping": 2}
     runs = []
     raw_path = Path(args.out).with_suffix(".json")
     for name in names:

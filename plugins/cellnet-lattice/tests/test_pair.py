@@ -139,7 +139,7 @@ def test_interaction_grid_channels_and_padding(registry, tmp_path):
 
 
 def test_long_texts_are_cut_to_the_grid(registry, tmp_path):
-    r = InteractionGridReshaper(DIM, (3, 4, 1), 2)
+    r = InteractionGridReshaper(DIM, (3, 4, 1), 3)
     pipe = make_pipeline(registry, r, LATTICE, tmp_path)
     s = pipe.score_pairs(["a b c d e f g"], ["h i j k l m n o p"])
     assert s.shape == (1,) and torch.isfinite(s).all()
@@ -205,3 +205,16 @@ def test_reranker_returns_the_bank_answer_while_the_scorer_is_untrained(registry
     expect = pipe.decoder.decode(pipe.encode(QS))
     assert [a.text for a in answers] == expect
     assert all(len(a.candidates) == 3 for a in answers)
+
+
+def test_idf_channel_weights_rare_matches_above_common_ones(registry, tmp_path):
+    r = InteractionGridReshaper(DIM, (6, 8, 1), 4)
+    pipe = make_pipeline(registry, r, LATTICE, tmp_path)
+    inputs = r.pair_inputs(pipe, ["the red cat"], ["the red cat sleeps"])
+    before = r.pair_field(inputs)[0, :3, :3, 0, 2]
+    torch.testing.assert_close(before, r.pair_field(inputs)[0, :3, :3, 0, 1])  # unfitted: idf = exact
+    r.fit_tokens(pipe, ["the dog", "the tree", "the red house", "a bird", "the sun"])
+    after = r.pair_field(inputs)[0, :3, :3, 0, 2]
+    assert after[0, 0] < after[1, 1] < after[2, 2] <= 1.0  # "the" (in 4 of 5 texts) < "red" (1) < "cat" (0)
+    assert after[0, 0] == 0.0  # log(5 / (1 + 4)) = 0
+    torch.testing.assert_close(pipe.score_pairs(QS, CS), identity_cos(pipe, QS, CS))  # still identity

@@ -246,8 +246,10 @@ class InteractionGridReshaperConfig(ComponentConfig):
     name: Literal["interaction-grid"] = "interaction-grid"
     shape: Shape = Field((16, 48, 1), description="(question tokens, candidate tokens, depth Z); longer texts are cut")
     channels: int = Field(4, ge=1, le=4096, description="state channels C per cell (≥ features + projection)")
-    features: tuple[Literal["cos", "exact"], ...] = Field(
-        ("cos", "exact"), description="parameter-free input channels: cos (token-state cosine), exact (same token)")
+    features: tuple[Literal["cos", "exact", "idf"], ...] = Field(
+        ("cos", "exact", "idf"), description="parameter-free input channels: cos (token-state cosine), exact "
+                                             "(same token), idf (same token × its inverse document frequency "
+                                             "over the training candidates, set before training)")
     projection: int = Field(0, ge=0, le=256, description="learned product channels (W h_q) ⊙ (W h_c); 0: none "
                                                          "(then the reshaper has no parameters but the readout)")
     readout_hidden: int = Field(32, ge=1, le=4096, description="hidden units of the score readout")

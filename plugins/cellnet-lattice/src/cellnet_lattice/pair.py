@@ -25,6 +25,7 @@ identity baseline does, and training has to beat where it starts.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from typing import Any, Sequence
 
@@ -169,7 +170,9 @@ class PairFacesReshaper(_PairReshaper):
 
 
 # -- the token interaction grid -------------------------------------------------------------------
-FEATURES = ("cos", "exact")
+FEATURES = ("cos", "exact", "idf")
+#: token ids index the idf table modulo this (MiniLM's vocabulary has 30,522 ids)
+IDF_BUCKETS = 1 << 16
 
 
 class InteractionGridReshaper(_PairReshaper):
@@ -177,9 +180,10 @@ class InteractionGridReshaper(_PairReshaper):
 
     ``X`` / ``Y`` bound the question / candidate tokens (longer texts are cut). Channels of cell
     ``(i, j, 0)``: ``cos`` — cosine of the two tokens' teacher states; ``exact`` — 1 when they are
-    the same token; then ``projection`` learned channels ``(W h_i) ⊙ (W h_j)``; the remaining
-    channels start at 0 for the lattice to use. Cells past a text's end are 0 and left out of the
-    readout."""
+    the same token; ``idf`` — the same match weighted by the token's inverse document frequency
+    (``log(M / (1 + df)) / log(M)`` over M training texts, set by :meth:`fit_tokens`; 1 before);
+    then ``projection`` learned channels ``(W h_i) ⊙ (W h_j)``; the remaining channels start at 0
+    for the lattice to use. Cells past a text's end are 0 and left out of the readout."""
 
     uses_tokens = True  #: its inputs are token states (``Pipeline.encode_tokens``)
 
@@ -196,11 +200,25 @@ class InteractionGridReshaper(_PairReshaper):
         if used > self.channels:
             raise ConfigError(f"reshaper.channels: {self.channels} is fewer than the {used} input channels "
                               f"({len(self.features)} features + {projection} projections)")
+        self.register_buffer("idf", torch.ones(IDF_BUCKETS))
         self.projection = nn.Linear(dim, projection, bias=False) if projection else None
         if self.projection is not None:
             with torch.no_grad():
                 self.projection.weight.copy_(_orthonormal(projection, dim, seed) * (dim / projection) ** 0.5)
         self.readout = ScoreReadout(self.channels, readout_hidden)
+
+    @torch.no_grad()
+    def fit_tokens(self, pipeline: Any, texts: Sequence[str]) -> None:
+        """Set the ``idf`` table from the token ids of ``texts`` (the training candidates): a
+        statistic of the training split, not a learned weight; saved with the weights."""
+        if "idf" not in self.features or not texts:
+            return
+        df = torch.zeros(IDF_BUCKETS)
+        for ids, _ in pipeline.encode_tokens(list(texts)):
+            df[torch.unique(ids % IDF_BUCKETS)] += 1
+        m = float(len(texts))
+        idf = torch.log(m / (1.0 + df)).clamp_min(0.0) / max(math.log(m), 1e-6)
+        self.idf.copy_(idf.to(self.idf.device))
 
     def to_field(self, emb: torch.Tensor) -> torch.Tensor:
         raise ConfigError("reshaper 'interaction-grid' scores (question, candidate) pairs; it has no "
@@ -243,8 +261,11 @@ class InteractionGridReshaper(_PairReshaper):
         for f in self.features:
             if f == "cos":
                 chans.append(torch.bmm(hq, hc.transpose(1, 2)))
-            else:  # exact
-                chans.append((inputs["q_ids"][:, :, None] == inputs["c_ids"][:, None, :]).float())
+            else:  # exact, idf
+                same = (inputs["q_ids"][:, :, None] == inputs["c_ids"][:, None, :]).float()
+                if f == "idf":
+                    same = same * self.idf[inputs["q_ids"].clamp_min(0) % IDF_BUCKETS][:, :, None]
+                chans.append(same)
         if self.projection is not None:
             pq, pc = self.projection(hq), self.projection(hc)  # [N, X, p], [N, Y, p]
             chans.extend((pq[:, :, None, :] * pc[:, None, :, :]).unbind(-1))

@@ -135,6 +135,9 @@ class ListwiseStrategy:
         if getattr(pipeline.reshaper, "uses_tokens", False):
             pipeline.encode_tokens(texts)  # fills the embedding cache from the same passes
         pipeline.encode(texts)
+        if callable(getattr(pipeline.reshaper, "fit_tokens", None)) and not run.resume:
+            # statistics of the training candidates (e.g. idf), before epoch 0 so it stays the identity
+            pipeline.reshaper.fit_tokens(pipeline, list(dict.fromkeys(c for it in train for c in it.candidates)))
         params = [p for p in pipeline.parameters() if p.requires_grad]
         groups = self._param_groups(pipeline)
         opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
