@@ -168,7 +168,7 @@ class ListwiseStrategy:
             if cfg.init_from:
                 from cellnet_training.strategies import load_init_weights
 
-                load_init_weights(pipeline, cfg.init_from)
+                load_init_weights(pipeline, cfg.init_from, run)
             init = selection_metrics(score_items(pipeline, val)) if val else {}
             best_state = {k: v.detach().clone().cpu() for k, v in pipeline.state_tensors().items()}
             if init:
