@@ -483,6 +483,7 @@ class Engine:
         start_epoch, best_score, best_epoch, bad_epochs = 1, -math.inf, None, 0
         best_state: dict[str, torch.Tensor] | None = None
         mined: torch.Tensor | None = None
+        init: dict[str, float] = {}
         state = run.load_state() if run.resume else None
         if state is not None:
             if state.get("label") != self.label:
@@ -505,6 +506,7 @@ class Engine:
             start_epoch = int(state["epoch"]) + 1
             if run.is_main:
                 run.truncate_metrics(int(state["epoch"]))
+            say(run, f"{self.label}: resumed after epoch {state['epoch']} of {cfg.epochs}")
         else:
             if run.is_main:
                 run.truncate_metrics(-1)  # a fresh run starts a fresh metrics log
@@ -524,7 +526,7 @@ class Engine:
             if run.is_main else epochs_left
         # without a visible bar (stderr not a terminal: logs, CI) one line per epoch instead
         lines = run.is_main and not _quiet() and bool(getattr(bar, "disable", True))
-        if lines and state is None and init:
+        if lines and init:
             say(run, epoch_line(self.label, 0, cfg.epochs, {}, init, key, best_epoch, best_score))
         last_epoch = start_epoch - 1
         stopped_early = False
