@@ -127,3 +127,20 @@ def test_a_lattice_with_no_steps_and_one_slice_still_draws(tmp_path):
 
     files = render_states([torch.randn(3, 3, 1, 2)], tmp_path)
     assert all(f.stat().st_size > 2000 for f in files)
+
+
+def test_an_elongated_slice_fills_its_panel_instead_of_a_hairline():
+    """A permuted lattice of shape (384, 1, 1) would otherwise draw 1-pixel-high images."""
+    import matplotlib.pyplot as plt
+
+    from cellnet_lattice.viz import figures
+
+    figs = figures([torch.randn(40, 1, 1, 2), torch.randn(40, 1, 1, 2)])
+    try:
+        for name in ("slices.png", "channels.png"):
+            panels = [ax for ax in figs[name].axes if ax.images]
+            assert panels and all(ax.get_aspect() == "auto" for ax in panels), name
+        square = [ax for ax in figures(_states())["slices.png"].axes if ax.images]
+        assert all(ax.get_aspect() == 1.0 for ax in square)
+    finally:
+        plt.close("all")

@@ -9,7 +9,8 @@
 ``change.png``    the same grid for ``‖s_t[x, y, z, :] − s_0[x, y, z, :]‖``: what the lattice dynamics
                   changed relative to the input field, again one colour scale per Z-slice.
 ``activity.png``  per step: mean ``‖state‖`` of each Z-slice (log scale; an all-zero slice is left
-                  out), and the largest change of any state value from the previous step (log scale when it spans decades).
+                  out), and the largest change of any state value from the previous step (log
+                  scale when it spans decades).
 ``channels.png``  one column per channel (up to 16), at the Z-slice that changed most: the input
                   (step 0), the last step, and their difference, with symmetric colour scales (blue
                   negative, red positive) and a colour bar per row.
@@ -29,6 +30,12 @@ import torch
 #: the files :func:`render_states` writes, in order
 FILES = ("slices.png", "change.png", "activity.png", "channels.png")
 _MAX_CHANNELS = 16
+_MIN_WIDTH = 6.5  # inches: room for the two-line titles however few panels there are
+
+
+def _aspect(x: int, y: int) -> str:
+    """``equal`` pixels, unless a slice is so elongated (``384×1``) that it would be a hairline."""
+    return "auto" if max(x, y) > 4 * min(x, y) else "equal"
 
 
 def _pick_steps(total: int, steps: Sequence[int] | None) -> list[int]:
@@ -83,14 +90,16 @@ def _grid_figure(maps: Sequence[torch.Tensor], steps: Sequence[int], zs: Sequenc
     from matplotlib.ticker import MaxNLocator
 
     limits = slice_limits(maps, steps, zs)
-    fig, axes = plt.subplots(len(steps), len(zs), figsize=(2.0 * len(zs) + 0.9, 1.9 * len(steps) + 1.6),
-                             squeeze=False, layout="constrained")
+    X, Y = maps[0].shape[:2]
+    aspect = _aspect(X, Y)
+    size = (max(2.0 * len(zs) + 0.9, _MIN_WIDTH), 1.9 * len(steps) + 1.6)
+    fig, axes = plt.subplots(len(steps), len(zs), figsize=size, squeeze=False, layout="constrained")
     for c, (z, hi) in enumerate(zip(zs, limits)):
         im = None
         for r, t in enumerate(steps):
             ax = axes[r][c]
             im = ax.imshow(maps[t][:, :, z].numpy().T, vmin=0.0, vmax=hi, cmap=cmap, origin="lower",
-                           interpolation="nearest")
+                           interpolation="nearest", aspect=aspect)
             ax.set_xticks([]), ax.set_yticks([])
             if r == 0:
                 ax.set_title(_slice_title(z, marks), fontsize=9)
@@ -126,7 +135,7 @@ def figures(states: Sequence[torch.Tensor], steps: Sequence[int] | None = None, 
     chosen = _pick_steps(total, steps)
     X, Y, Z, C = sts[0].shape
     zs = _pick_slices(Z)
-    name = f"lattice {X}×{Y}×{Z}, {C} channels" + (f": {title}" if title else "")
+    name = f"lattice {X}×{Y}×{Z}, {C} channel{'s' if C != 1 else ''}" + (f": {title}" if title else "")
     norms = [s.norm(dim=-1) for s in sts]  # [X, Y, Z]
     deltas = [(s - sts[0]).norm(dim=-1) for s in sts]  # [X, Y, Z]
     figs: dict[str, Any] = {}
@@ -167,8 +176,8 @@ def figures(states: Sequence[torch.Tensor], steps: Sequence[int] | None = None, 
     cols = min(nc, 8)
     blocks = (nc + cols - 1) // cols
     kinds = [("step 0 (input)", first), (f"step {total}", last), (f"change (step {total} − 0)", last - first)]
-    fig, axes = plt.subplots(3 * blocks, cols, figsize=(1.55 * cols + 1.4, 1.55 * 3 * blocks + 0.9),
-                             squeeze=False, layout="constrained")
+    size = (max(1.55 * cols + 1.4, _MIN_WIDTH), 1.55 * 3 * blocks + 0.9)
+    fig, axes = plt.subplots(3 * blocks, cols, figsize=size, squeeze=False, layout="constrained")
     lim_state = float(torch.cat([first[..., :nc], last[..., :nc]]).abs().max()) or 1.0
     lim_change = float((last - first)[..., :nc].abs().max()) or 1.0
     for b in range(blocks):
@@ -184,7 +193,7 @@ def figures(states: Sequence[torch.Tensor], steps: Sequence[int] | None = None, 
                     ax.axis("off")
                     continue
                 im = ax.imshow(arr[..., ch].numpy().T, cmap="coolwarm", vmin=-lim, vmax=lim, origin="lower",
-                               interpolation="nearest")
+                               interpolation="nearest", aspect=_aspect(X, Y))
                 if k == 0:
                     ax.set_title(f"channel {ch}", fontsize=8)
                 if j == 0:
