@@ -184,6 +184,14 @@ def _damaged(tmp_path, kind: str):
         path.write_text(json.dumps([{"question": "q", "answer": "a"}]))
     elif kind == "empty":
         path.write_text("")
+    elif kind == "flag":
+        doc = article("D")
+        doc["paragraphs"][1]["qas"][2]["is_impossible"] = "no"
+        path.write_text(json.dumps({"version": "2.0", "data": [doc]}))
+    elif kind == "offset":
+        doc = article("D")
+        doc["paragraphs"][0]["qas"][1]["answers"][0]["answer_start"] = "12"
+        path.write_text(json.dumps({"version": "1.1", "data": [doc]}))
     return path
 
 
@@ -193,6 +201,8 @@ def _damaged(tmp_path, kind: str):
     ("layout", r"data\[0\]\.paragraphs\[0\]: missing 'context'"),
     ("not-squad", "top level: expected an object"),
     ("empty", "file is empty"),
+    ("flag", r"data\[0\]\.paragraphs\[1\]\.qas\[2\]\.is_impossible: expected true or false, got 'no'"),
+    ("offset", r"qas\[1\]\.answers\[0\]\.answer_start: expected int, got str"),
 ])
 def test_damaged_file_one_line_naming_it(tmp_path, registry, kind, message):
     path = _damaged(tmp_path, kind)

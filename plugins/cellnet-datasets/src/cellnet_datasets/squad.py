@@ -127,7 +127,9 @@ def _load(path: Path, mtime_ns: int, size: int) -> tuple[str, tuple[Paragraph, .
                 qw = f"{pw}.qas[{k}]"
                 question = _field(qa, "question", str, path, qw)
                 qid = str(qa.get("id", f"{title}#{j}#{k}"))
-                impossible = bool(qa.get("is_impossible", False))
+                impossible = qa.get("is_impossible", False)
+                if not isinstance(impossible, bool):
+                    raise DataError(f"{path}: {qw}.is_impossible: expected true or false, got {impossible!r}")
                 answers = []
                 for m, ans in enumerate(_field(qa, "answers", list, path, qw)):
                     aw = f"{qw}.answers[{m}]"
