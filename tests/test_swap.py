@@ -65,6 +65,7 @@ NEEDS = {
     ("dataset", "pairs"): lambda: {"path": str(DATA / "pairs.jsonl")},
     ("dataset", "texts"): lambda: {"path": str(DATA / "sentences.txt")},
     ("dataset", "selection"): lambda: {"path": str(DATA / "selection.jsonl")},
+    ("dataset", "squad"): lambda: {"max_pairs": 60},
 }
 SECTION = {"encoder": "encoder", "reshaper": "reshaper", "core": "core", "decoder": "decoder",
            "strategy": "training", "dataset": "data"}
