@@ -42,3 +42,14 @@ def test_demo_bank_leaves_out_questions_by_default(registry):
     if bank is None:
         pytest.skip(f"the default decoder is {config.decoder.name!r}")
     assert bank.include_questions is False and bank.min_score is not None
+
+
+def test_make_shares_the_default_cache_and_setup_says_what_it_installs():
+    """`make demo` and a plain `.venv/bin/cellnet` use one cache (no CELLNET_* exports in the
+    Makefile), and setup announces each step and lets pip print what it installs."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    recipes = [line for line in makefile.splitlines() if line.startswith("\t")]
+    assert not re.search(r"^\s*export\s+CELLNET_", makefile, re.M)
+    assert not [r for r in recipes if "pip" in r and re.search(r"\s(--quiet|-q)\b", r)]
+    steps = re.findall(r'@echo "==> \[(\d)/(\d)\]', makefile)
+    assert steps and [int(i) for i, _ in steps] == list(range(1, int(steps[0][1]) + 1))
