@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": "python bench/bench_default_decoder.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-        "config": args.config, "validation_questions": len(val), "good_at": args.good,
+        "config": os.path.relpath(args.config, ROOT), "validation_questions": len(val), "good_at": args.good,
         "train_seconds": train_s, "decoder_fit_seconds_hybrid": decoder_s, "decoder_fit_seconds_phrasebank": bank_fit_s,
         "generator_epochs": len(gen_info),
         "cosine_to_reference": {"phrasebank": mean(bank_cos), "hybrid": mean(hyb_cos)},
