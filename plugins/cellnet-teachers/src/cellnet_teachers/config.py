@@ -12,6 +12,8 @@ from cellnet_core.config import ComponentConfig
 Pooling = Literal["mean", "cls", "max", "last"]
 Preprocess = Literal["none", "center", "l2", "whiten", "pca"]
 DType = Literal["float32", "float16", "bfloat16"]
+Backend = Literal["torch", "onnx"]
+Quantize = Literal["none", "int8"]
 
 
 class PreprocessingFields(ComponentConfig):
@@ -54,7 +56,31 @@ class TransformerFields(PreprocessingFields):
     dtype: DType = Field("float32", description="dtype of the model weights while encoding; the output is "
                          "always float32")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
-                        description="where the model runs: 'auto' (the run's device), 'cpu', 'cuda', 'cuda:N'")
+                        description="where the model runs: 'auto' (the run's device), 'cpu', 'cuda', 'cuda:N'; "
+                        "backend 'onnx' always runs on the CPU")
+    backend: Backend = Field(
+        "torch", description="what runs the transformer: 'torch' (PyTorch), or 'onnx' (ONNX Runtime on the CPU; "
+        "the same weights exported once under $CELLNET_HOME/onnx; needs onnxruntime and onnx)")
+    quantize: Quantize = Field("none", description="'int8': dynamic int8 weights (backend 'onnx' only; faster, "
+                               "cosine ≈ 0.99 to the float model); 'none': float32")
+    threads: int | None = Field(None, ge=1, le=1024, description="ONNX Runtime intra-op threads (backend 'onnx'); "
+                                "default: torch.get_num_threads()")
+
+    @model_validator(mode="after")
+    def _check_backend(self):
+        if self.backend == "torch":
+            if self.quantize != "none":
+                raise ValueError(f"quantize '{self.quantize}' needs backend 'onnx' (the torch backend runs float weights)")
+            if self.threads is not None:
+                raise ValueError("threads is an ONNX Runtime setting (backend 'onnx'); the torch backend uses "
+                                 "torch.get_num_threads()")
+        else:
+            if self.dtype != "float32":
+                raise ValueError(f"backend 'onnx' runs float32 weights (quantize: int8 for smaller ones), not dtype "
+                                 f"'{self.dtype}'")
+            if self.device not in ("auto", "cpu"):
+                raise ValueError(f"backend 'onnx' runs on the CPU; device '{self.device}' needs backend 'torch'")
+        return self
 
 
 class HFEncoderConfig(TransformerFields):

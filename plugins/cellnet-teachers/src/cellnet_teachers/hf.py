@@ -2,7 +2,9 @@
 folder, pooled into one vector per text.
 
 Texts are tokenised once, sorted by token length and batched, so a batch pads only to its own
-longest text; the output rows are put back in input order.
+longest text; the output rows are put back in input order. The transformer itself runs in PyTorch
+(``backend: torch``) or in ONNX Runtime (``backend: onnx``, see :mod:`cellnet_teachers.onnx_backend`);
+tokenising, batching, pooling and normalisation are the same code for both.
 """
 
 from __future__ import annotations
@@ -123,6 +125,40 @@ def load_model(source: str, local_only: bool, dtype: str, device: torch.device, 
     return tok, model
 
 
+def load_tokenizer_config(source: str, local_only: bool, where: str) -> tuple[Any, Any]:
+    """Tokenizer and model config without the weights (the ONNX backend runs its own graph)."""
+    key = (source, "tokenizer", "config")
+    if key in _MODELS:
+        return _MODELS[key]
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{where}: cannot load a tokenizer and config from '{source}': {first}") from None
+    except (ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{where}: '{source}' is not a model transformers can load: {first}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    _MODELS[key] = (tok, config)
+    return tok, config
+
+
+class _ConfigOnly:
+    """Stands in for a model where only its ``config`` is read (:func:`model_limit`)."""
+
+    def __init__(self, config: Any):
+        self.config = config
+
+
 def _first_index(mask: torch.Tensor) -> torch.Tensor:
     return (mask * torch.arange(mask.shape[1], 0, -1, device=mask.device)).argmax(1)
 
@@ -152,35 +188,71 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str, skip_first: bool = 
 
 
 class HFEncoder(Teacher):
-    """A ``transformers`` model as a frozen teacher. ``encode(texts) -> [B, D]`` float32 CPU."""
+    """A ``transformers`` model as a frozen teacher. ``encode(texts) -> [B, D]`` float32 CPU.
+
+    ``backend='onnx'`` runs the same weights exported to ONNX (CPU; ``quantize='int8'`` for dynamic
+    int8 weights; ``threads`` ONNX Runtime intra-op threads, default ``torch.get_num_threads()``).
+    """
 
     def __init__(self, model: str, *, pooling: str = "mean", layer: int = -1, max_length: int | None = None,
                  batch_size: int = 64, normalize: bool = True, prefix: str = "", dtype: str = "float32",
                  device: Any = "cpu", preprocess: str = "none", pca_dim: int | None = None,
                  skip_first_token: bool = False, allow_download: bool = False, label: str = "hf",
+                 backend: str = "torch", quantize: str = "none", threads: int | None = None,
                  where: str = "encoder"):
         source, local_only = resolve_model_source(model, allow_download, where=f"{where}.model")
-        self.device = torch.device(device)
-        self.tokenizer, self.model = load_model(source, local_only, dtype, self.device, f"{where}.model")
+        if backend not in ("torch", "onnx"):
+            raise ConfigError(f"{where}.backend: unknown '{backend}' (available: onnx, torch)")
+        if backend == "torch" and quantize != "none":
+            raise ConfigError(f"{where}.quantize: '{quantize}' needs backend: onnx")
+        self.backend, self.quantize = backend, quantize
+        if backend == "onnx":
+            from cellnet_teachers.onnx_backend import require_onnx, require_onnxruntime
+
+            require_onnxruntime()
+            require_onnx()
+            if dtype != "float32":
+                raise ConfigError(f"{where}.dtype: backend 'onnx' runs float32 weights (quantize: int8 for "
+                                  f"smaller ones), not {dtype}")
+            self.device = torch.device("cpu")  # ONNX Runtime's CPU provider
+            self.tokenizer, config = load_tokenizer_config(source, local_only, f"{where}.model")
+            self.model = None
+        else:
+            self.device = torch.device(device)
+            self.tokenizer, self.model = load_model(source, local_only, dtype, self.device, f"{where}.model")
+            config = self.model.config
         self.pooling, self.batch_size, self.normalize, self.prefix = pooling, batch_size, normalize, prefix
         self.skip_first_token = skip_first_token
-        n_layers = getattr(self.model.config, "num_hidden_layers", None)
+        n_layers = getattr(config, "num_hidden_layers", None)
         if n_layers is not None and not -(n_layers + 1) <= layer <= n_layers:
             raise ConfigError(f"{where}.layer: {layer} is outside the model's layers "
                               f"(-{n_layers + 1}..{n_layers}; 0 = token embeddings)")
         self.layer = layer
-        limit = model_limit(self.model, self.tokenizer)
+        limit = model_limit(_ConfigOnly(config), self.tokenizer)
         if max_length is None:
             max_length = min(limit or DEFAULT_MAX_LENGTH, DEFAULT_MAX_LENGTH)
         elif limit is not None and max_length > limit:
             raise ConfigError(f"{where}.max_length: {max_length} is beyond the model's limit of {limit} tokens")
         self.max_length = max_length
-        self.base_dim = int(self.model.config.hidden_size)
+        self.base_dim = int(config.hidden_size)
         ident = weights_digest(Path(source)) if Path(source).is_dir() else source
         skip = "-skip1" if skip_first_token else ""
         prefix_id = hashlib.sha1(prefix.encode()).hexdigest()[:8] if prefix else ""
+        # the torch backend keeps the key it always had (caches made before backends existed stay
+        # valid); ONNX embeddings differ in the last digits, int8 more, so each gets its own key
+        backend_id = f":backend=onnx-{'int8' if quantize == 'int8' else 'fp32'}" if backend == "onnx" else ""
         self.base_fingerprint = (f"{label}:{ident}:pool={pooling}{skip}:layer={layer}:maxlen={max_length}"
-                                 f":norm={normalize}:prefix={prefix_id}:dtype={dtype}")
+                                 f":norm={normalize}:prefix={prefix_id}:dtype={dtype}{backend_id}")
+        self.runner = None
+        if backend == "onnx":
+            from cellnet_teachers.onnx_backend import OnnxRunner
+
+            if not Path(source).is_dir():
+                raise ConfigError(f"{where}.backend: 'onnx' exports from a local model folder; '{source}' is a "
+                                  "hub id (give the folder it is cached in, or use backend: torch)")
+            name = label if label != "hf" else Path(source).name
+            self.runner = OnnxRunner(source, name=name, weights=ident, layer=layer, quantize=quantize, threads=threads,
+                                     tokenizer=self.tokenizer, config=config, max_length=max_length, where=where)
         self._init_preprocessing(preprocess, pca_dim)
         self.forward_calls = 0  #: model forward passes (tests count them)
 
@@ -191,6 +263,15 @@ class HFEncoder(Teacher):
         filler = next(t for t in (self.tokenizer.bos_token_id, self.tokenizer.eos_token_id,
                                   self.tokenizer.pad_token_id, 0) if t is not None)
         return [row if row else [filler] for row in ids]
+
+    def _hidden(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``[B, T, H]`` of the configured layer, from whichever backend runs the model."""
+        self.forward_calls += 1
+        if self.runner is not None:
+            return self.runner(input_ids, mask)
+        want_hidden = self.layer != -1
+        res = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=want_hidden)
+        return res.last_hidden_state if not want_hidden else res.hidden_states[self.layer]
 
     @torch.no_grad()
     def base_encode(self, texts: Sequence[str]) -> torch.Tensor:
@@ -208,10 +289,7 @@ class HFEncoder(Teacher):
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
             input_ids = batch["input_ids"].to(self.device)
             mask = batch["attention_mask"].to(self.device)
-            want_hidden = self.layer != -1
-            res = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=want_hidden)
-            self.forward_calls += 1
-            hidden = res.last_hidden_state if not want_hidden else res.hidden_states[self.layer]
+            hidden = self._hidden(input_ids, mask)
             vec = pool(hidden.float(), mask, self.pooling, self.skip_first_token)
             if self.normalize:
                 vec = torch.nn.functional.normalize(vec, dim=-1)
@@ -249,10 +327,7 @@ class HFEncoder(Teacher):
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
             input_ids = batch["input_ids"].to(self.device)
             mask = batch["attention_mask"].to(self.device)
-            want_hidden = self.layer != -1
-            res = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=want_hidden)
-            self.forward_calls += 1
-            hidden = res.last_hidden_state if not want_hidden else res.hidden_states[self.layer]
+            hidden = self._hidden(input_ids, mask)
             vec = pool(hidden.float(), mask, self.pooling, self.skip_first_token)
             if self.normalize:
                 vec = torch.nn.functional.normalize(vec, dim=-1)
@@ -283,10 +358,14 @@ def resolve_encoder_device(name: str, ctx: Any) -> torch.device:
 
 
 def _common(cfg: Any, ctx: Any) -> dict[str, Any]:
+    backend = getattr(cfg, "backend", "torch")
+    # ONNX Runtime runs on the CPU whatever the run's device ('auto'); the config refuses an explicit GPU
+    device = torch.device("cpu") if backend == "onnx" else resolve_encoder_device(cfg.device, ctx)
     return dict(pooling=cfg.pooling, layer=cfg.layer, max_length=cfg.max_length, batch_size=cfg.batch_size,
                 normalize=cfg.normalize, prefix=cfg.prefix, skip_first_token=cfg.skip_first_token,
-                dtype=getattr(cfg, "dtype", "float32"),
-                device=resolve_encoder_device(cfg.device, ctx), preprocess=cfg.preprocess, pca_dim=cfg.pca_dim)
+                dtype=getattr(cfg, "dtype", "float32"), backend=backend,
+                quantize=getattr(cfg, "quantize", "none"), threads=getattr(cfg, "threads", None),
+                device=device, preprocess=cfg.preprocess, pca_dim=cfg.pca_dim)
 
 
 def build_hf(cfg: Any, ctx: Any) -> HFEncoder:
