@@ -17,7 +17,8 @@ lattice outputs. Then, on chatterbot's **validation** split (never the test spli
   see `best_threshold`), with the share answered and the mean cosine of what it answers and holds
   back. A few questions outside the data (`PROBES`) show what such inputs score.
 
-Writes a JSON report (per-question rows included) and prints a summary.
+Writes a JSON report and prints it; `--rows-out FILE` also writes every validation question's
+answers and scores.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--good", type=float, nargs="+", default=[0.4, 0.5],
                     help="an answer is good at this cosine to the reference (one threshold per value)")
     ap.add_argument("--run-dir", default=None, help="where the training run writes (default: a temporary folder)")
+    ap.add_argument("--rows-out", default=None, help="also write every validation question's answers and scores "
+                                                     "(JSON) to this file")
     args = ap.parse_args(argv)
 
     import tempfile
@@ -157,8 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         "cosine_to_reference": {"phrasebank": mean(bank_cos), "hybrid": mean(hyb_cos)},
         "hybrid_generated_wins": sum(generated_won), "seconds_per_question": seconds, "timed_questions": n_time,
         "thresholds": thresholds,
+        "score_min_median_max": [min(bank_score), sorted(bank_score)[len(bank_score) // 2], max(bank_score)],
         "lattice_metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
         "probes": probes,
+    }
+    rows = {
         "rows": [{"question": q, "reference": p.answer, "phrasebank": b, "score": s, "cos_phrasebank": bc,
                   "hybrid": h, "cos_hybrid": hc, "generated_won": g}
                  for q, p, b, s, bc, h, hc, g in zip(questions, val, bank_answer, bank_score, bank_cos, hyb_answer,
@@ -166,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=1, ensure_ascii=False))
+    if args.rows_out:
+        Path(args.rows_out).write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(json.dumps(report, indent=1, ensure_ascii=False))
     return 0
 
 
