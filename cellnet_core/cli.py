@@ -250,11 +250,11 @@ def _readline_history() -> Any:
     return readline
 
 
-def _load_run(args, registry):
+def _load_run(args, registry, *, chatty: bool | None = None):
     from cellnet_core import api
 
     t0 = time.perf_counter()
-    chatty = sys.stderr.isatty()
+    chatty = sys.stderr.isatty() if chatty is None else chatty
     if chatty:
         print(f"loading {args.run_dir} …", file=sys.stderr, flush=True)
     pipe = api.load_run(args.run_dir, device=args.device, plugins=(None, registry), warn=False)
@@ -266,15 +266,63 @@ def _load_run(args, registry):
     return pipe
 
 
+class _Loader:
+    """Loads the run in a background thread while the first question is typed: most of ``ask``'s
+    start-up is importing torch and the teacher's model code and reading its weights."""
+
+    def __init__(self, args, registry):
+        import threading
+
+        self.args, self.registry = args, registry
+        self.pipe, self.error = None, None
+        self.t0 = time.perf_counter()
+        self.thread = threading.Thread(target=self._run, name="cellnet-ask-load", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from cellnet_core import api
+
+        try:
+            self.pipe = api.load_run(self.args.run_dir, device=self.args.device, plugins=(None, self.registry),
+                                     warn=False)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread by get()
+            self.error = exc
+
+    def get(self):
+        """The loaded pipeline (waiting for it, visibly, if it is not ready yet)."""
+        if self.thread.is_alive():
+            print("(still loading …)", file=sys.stderr, flush=True)
+            self.thread.join()
+            print(f"loaded in {time.perf_counter() - self.t0:.1f}s", file=sys.stderr, flush=True)
+        if self.error is not None:
+            raise self.error
+        return self.pipe
+
+
 def cmd_ask(args) -> int:
+    from cellnet_core import api
+    from cellnet_core.checkpoint import verify_manifest
+
     _, registry = _load()
     interactive = not args.texts and sys.stdin is not None and sys.stdin.isatty()
-    pipe = _load_run(args, registry)
     if interactive:
+        # the cheap checks now (a damaged run fails before the prompt), the slow loading meanwhile
+        if not Path(args.run_dir).is_dir():
+            from cellnet_core.errors import CheckpointError
+
+            raise CheckpointError(f"{args.run_dir}: no such run directory")
+        verify_manifest(args.run_dir)
+        print(f"loading {args.run_dir} … (type your first question meanwhile)", file=sys.stderr, flush=True)
+        loader = _Loader(args, registry)
+        note = api.untrained_warning(args.run_dir)
+        if note:
+            print(note, file=sys.stderr, flush=True)
         _readline_history()
         print("cellnet ask: one question per line, Ctrl-D to end", file=sys.stderr)
         questions_iter = iter(lambda: input("> "), None)
+        pipe = None
     else:
+        pipe = _load_run(args, registry)
         questions_iter = iter(_questions(args))
     results = []
     while True:
@@ -286,6 +334,8 @@ def cmd_ask(args) -> int:
             break
         if not q.strip():
             continue
+        if pipe is None:
+            pipe = loader.get()
         ans = pipe.answer([q], k=args.k)[0]
         row = {"question": q, "answer": ans.text, "score": ans.score, "candidates": ans.candidates,
                "steps": ans.steps}
