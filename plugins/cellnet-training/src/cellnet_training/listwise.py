@@ -186,7 +186,12 @@ class ListwiseStrategy:
             order = torch.randperm(len(train), generator=gen)
             pipeline.train(True)
             total, count = 0.0, 0
+            last_note = time.perf_counter()
             for step in range(steps_per_epoch):
+                if time.perf_counter() - last_note > cfg.progress_seconds and count:
+                    last_note = time.perf_counter()
+                    self._say(run, f"listwise: epoch {epoch}/{cfg.epochs} step {step}/{steps_per_epoch} "
+                                   f"loss {total / count:.4f} ({last_note - t0:.0f}s)")
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 batch = [train[int(i)] for i in idx]
                 qs, cs, grp = self._batch_pairs(batch, gen)
