@@ -23,6 +23,8 @@ def cellnet_register_components(registry) -> None:
     registry.add("strategy", "listwise", c.ListwiseConfig, "cellnet_training.listwise:build_listwise",
                  summary="train a pair scorer on answer selection: softmax over each question's candidates "
                          "(labelled wrong ones and in-batch answers), validated by per-question MAP")
+    registry.add("strategy", "context", c.ContextConfig, "cellnet_training.context:build_context",
+                 summary="the last k turns of a conversation (one reshaper slot each) → the next turn's embedding")
 
 
 @hookimpl
