@@ -160,9 +160,17 @@ def test_threads_follow_torch_unless_configured(encoders, registry, use_onnx_hom
     assert one.fingerprint == encs["fp32"].fingerprint  # threads do not change the numbers' key
 
 
+def test_defaults(registry):
+    minilm = registry.config_for("encoder", {"name": "minilm"}, where="encoder")
+    hf = registry.config_for("encoder", {"name": "hf", "model": "/m"}, where="encoder")
+    assert (minilm.backend, minilm.quantize, minilm.threads) == ("onnx", "none", None)
+    assert (hf.backend, hf.quantize) == ("torch", "none")
+
+
 @pytest.mark.parametrize("cfg, message", [
-    ({"quantize": "int8"}, "quantize 'int8' needs backend 'onnx'"),
-    ({"threads": 2}, "threads is an ONNX Runtime setting"),
+    ({"quantize": "int8", "backend": "torch"}, "quantize 'int8' needs backend 'onnx'"),
+    ({"threads": 2, "backend": "torch"}, "threads is an ONNX Runtime setting"),
+    ({"device": "cuda"}, "backend 'onnx' runs on the CPU; device 'cuda' needs backend 'torch'"),
     ({"backend": "onnx", "dtype": "float16"}, "backend 'onnx' runs float32 weights"),
     ({"backend": "onnx", "device": "cuda"}, "backend 'onnx' runs on the CPU"),
     ({"backend": "tensorrt"}, "backend"),

