@@ -31,6 +31,7 @@ LATTICE = {"name": "lattice", "cell": {"name": "nca", "hidden": 16}, "steps": 4,
            "boundary": "walls", "kernel": "auto"}
 GRID = {"name": "interaction-grid", "shape": [16, 48, 1], "channels": 6, "features": ["cos", "exact", "idf"]}
 FACES = {"name": "pair-faces", "shape": [8, 8, 4], "channels": 6, "adapter": "exact"}
+SURFACE = {"name": "surface", "shape": [8, 8, 4], "channels": 8, "init": "inverse"}
 
 #: name → (reshaper, core, what it is, its equal-size baseline)
 VARIANTS: dict[str, tuple[dict, dict, str, str | None]] = {
@@ -49,17 +50,31 @@ VARIANTS: dict[str, tuple[dict, dict, str, str | None]] = {
                     "(ablation)", None),
     "pair-mlp": ({"name": "pair-mlp", "hidden": 16}, {"name": "identity"}, "cos + MLP([q, c, q⊙c, |q−c|]) "
                  "(baseline, no lattice)", None),
+    # bi-encoders: the question's embedding moved through the lattice, ranked by cosine (dialogue strategy)
+    "bi-lattice": (SURFACE, {**LATTICE, "cell": {"name": "nca", "hidden": 32}, "steps": 6},
+                   "bi-encoder: q → surface (inverse init) → NCA lattice → q', cos(q', c) (dialogue, infonce, "
+                   "labelled wrong sentences as negatives)", "bi-mlp"),
+    "bi-mlp": (SURFACE, {**LATTICE, "steps": 0}, "bi-encoder baseline: residual MLP q → q' of bi-lattice's size, "
+               "same loss, negatives, optimiser and epochs", None),
 }
+#: variants trained by the dialogue strategy instead of listwise
+DIALOGUE = {"bi-lattice", "bi-mlp"}
 QUICK = ["grid-lattice", "grid-conv", "pair-mlp"]
 
 
-def _config(reg, reshaper: dict, core: dict, train_cfg: dict, limit: int | None):
+def _config(reg, reshaper: dict, core: dict, train_cfg: dict, limit: int | None, dialogue: bool = False):
     from cellnet_core.config import validate_run_config
 
+    if dialogue:  # same epochs and early stopping; the dialogue strategy's own loss and batch
+        training = {"name": "dialogue", "fit_decoder": False, "plots": False, "loss": "infonce",
+                    "epochs": train_cfg["epochs"], "early_stopping": train_cfg["early_stopping"]}
+        data = {"name": "squad", **({"max_pairs": limit} if limit else {})}
+    else:
+        training = {"name": "listwise", "fit_decoder": False, "max_train_questions": limit, **train_cfg}
+        data = {"name": "squad"}
     return validate_run_config(reg, {
-        "schema_version": 1, "seed": 0, "device": "cpu", "data": {"name": "squad"}, "encoder": {"name": "minilm"},
-        "reshaper": reshaper, "core": core, "decoder": {"name": "phrasebank"},
-        "training": {"name": "listwise", "fit_decoder": False, "max_train_questions": limit, **train_cfg}},
+        "schema_version": 1, "seed": 0, "device": "cpu", "data": data, "encoder": {"name": "minilm"},
+        "reshaper": reshaper, "core": core, "decoder": {"name": "phrasebank"}, "training": training},
         source="bench_tasks")
 
 
@@ -85,13 +100,19 @@ def run_variant(reg, data, name: str, seed: int, train_cfg: dict, limit: int | N
     from cellnet_training.listwise import ListwiseStrategy, score_items, selection_items
 
     reshaper, core, _, _ = VARIANTS[name]
-    cfg = _config(reg, reshaper, core, train_cfg, limit)
+    cfg = _config(reg, reshaper, core, train_cfg, limit, dialogue=name in DIALOGUE)
     cfg = cfg.model_copy(update={"seed": seed})
     torch.manual_seed(seed)
     pipe = Pipeline.build(cfg, reg)
     t0 = time.perf_counter()
+    if name == "bi-mlp":
+        return _bi_mlp(reg, data, pipe, cfg, seed, train_cfg, limit)
     with tempfile.TemporaryDirectory() as d:
-        result = ListwiseStrategy(cfg.training).fit(pipe, data, RunContext(d, seed=seed))
+        if name in DIALOGUE:
+            data_run = reg.build("dataset", cfg.data, None)
+            result = reg.build("strategy", cfg.training, None).fit(pipe, data_run, RunContext(d, seed=seed))
+        else:
+            result = ListwiseStrategy(cfg.training).fit(pipe, data, RunContext(d, seed=seed))
     seconds = time.perf_counter() - t0
     test, _ = selection_items(data, "test")
     scored = score_items(pipe, test)
@@ -99,6 +120,34 @@ def run_variant(reg, data, name: str, seed: int, train_cfg: dict, limit: int | N
     return {"variant": name, "seed": seed, "best_epoch": result.best_epoch, "epochs": result.epochs,
             "val_map": result.metrics.get("val_map"), "test_map": sum(aps) / len(aps), "aps": aps,
             "seconds": seconds, "params": _params(pipe)}
+
+
+def _bi_mlp(reg, data, lattice_pipe, cfg, seed: int, train_cfg: dict, limit: int | None) -> dict:
+    """The residual-MLP bi-encoder of bi-lattice's parameter count, trained by the training plugin's
+    ``mlp`` baseline (same loss, selection negatives off as in ``cellnet eval``, the configured epochs)."""
+    import torch
+
+    from cellnet_training.baselines import MLPBaseline
+    from cellnet_training.listwise import selection_items
+
+    big = _config(reg, *VARIANTS["bi-lattice"][:2], train_cfg, limit, dialogue=True)
+    ref = __import__("cellnet_core.pipeline", fromlist=["Pipeline"]).Pipeline.build(big, reg)
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    train = reg.build("dataset", big.data, None).pairs("train")
+    b = MLPBaseline()
+    b.fit(ref.encode([p.question for p in train]), ref.encode([p.answer for p in train]), ref)
+    test, _ = selection_items(data, "test")
+    scored = []
+    for it in test:
+        q = b.predict(ref.encode([it.question])).detach()
+        scored.append((torch.nn.functional.cosine_similarity(q, ref.encode(it.candidates), dim=-1).tolist(),
+                       it.labels))
+    aps = ap_per_question(scored)
+    n = sum(p.numel() for p in b.model.parameters())
+    return {"variant": "bi-mlp", "seed": seed, "best_epoch": "last", "epochs": None, "val_map": None,
+            "test_map": sum(aps) / len(aps), "aps": aps, "seconds": time.perf_counter() - t0,
+            "params": {"core": n, "readout": 0, "adapters": 0, "total": n}}
 
 
 def identity_aps(reg, data) -> list[float]:
@@ -129,9 +178,10 @@ def compare(a: list[float], b: list[float]) -> str:
 
 
 def render(runs: list[dict], ident: list[float], args, n_test: int, split: dict, elapsed: float) -> str:
-    by: dict[str, list[dict]] = {}
+    by: dict[str, list[dict]] = {n: [] for n in VARIANTS}
     for r in runs:
-        by.setdefault(r["variant"], []).append(r)
+        by[r["variant"]].append(r)
+    by = {n: rows for n, rows in by.items() if rows}
 
     def avg_aps(name: str) -> list[float]:
         rows = by[name]
@@ -141,13 +191,14 @@ def render(runs: list[dict], ident: list[float], args, n_test: int, split: dict,
     lines = [
         "## Lattice tasks: answer-sentence selection on SQuAD", "",
         f"`.venv/bin/python {cmd.strip()}` — {time.strftime('%Y-%m-%d')}, {platform.machine()}, 2 CPU threads, "
-        f"{elapsed / 60:.1f} minutes with cached embeddings.", "",
+        f"{elapsed / 60:.1f} minutes of training and scoring with cached embeddings.", "",
         f"SQuAD v1.1 dev (bundled), split by article: {split['train']} / {split['val']} / {split['test']} "
         f"train / val / test questions; each question ranks the sentences of its own paragraph. Every scorer "
         f"is `cos(q, c) + readout(lattice state)` with the readout zero at init, trained by the `listwise` "
         f"strategy ({args.epochs} epochs at most, 2 in-batch negatives per question, early stopping after 2 "
-        f"epochs without gain in validation MAP, epoch 0 = the untrained scorer = identity). Test MAP on {n_test} test questions, mean ± sd over {args.seeds} seed(s); the "
-        f"intervals are paired bootstraps (5,000 resamples) of per-question AP averaged over seeds.", "",
+        f"epochs without gain in validation MAP, epoch 0 = the untrained scorer = identity). Test MAP on {n_test} test questions, mean ± sd over the seeds of each row (one "
+        f"best epoch per seed); the intervals are paired bootstraps (5,000 resamples) of per-question AP "
+        f"averaged over seeds. Training questions: {args.limit or 'all'}.", "",
         "| variant | what | params: lattice/core · readout · adapters | best epochs | val MAP | test MAP | "
         "vs identity | vs its baseline |",
         "|---|---|---|---|---|---|---|---|",
@@ -160,7 +211,7 @@ def render(runs: list[dict], ident: list[float], args, n_test: int, split: dict,
         lines.append(
             f"| {name} | {VARIANTS[name][2]} | {p['core']:,} · {p['readout']:,} · {p['adapters']:,} | "
             f"{', '.join(str(r['best_epoch']) for r in rows)} | "
-            f"{_mean_sd([r['val_map'] for r in rows if r['val_map'] is not None])} | "
+            f"{_mean_sd([r['val_map'] for r in rows if r['val_map'] is not None]) if rows[0]['val_map'] is not None else '–'} | "
             f"{_mean_sd([r['test_map'] for r in rows])} | {compare(avg_aps(name), ident)} | {vs_base} |")
     lines += ["", "Seconds per training run: " + ", ".join(
         f"{n} {statistics.mean(r['seconds'] for r in rows):.0f}" for n, rows in by.items()) + ".", ""]
@@ -175,6 +226,11 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="training questions (default: all)")
     ap.add_argument("--only", default="", help="comma-separated variants (default: all)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "tasks.md"))
+    ap.add_argument("--merge", nargs="*", default=None, metavar="JSON",
+                    help="only render: the runs of these .json files (written by earlier invocations with the same "
+                         "settings) into --out and its .json")
+    ap.add_argument("--keep", action="store_true", help="keep the runs already in the output's .json (same "
+                                                         "settings) and run only the missing (variant, seed) pairs")
     args = ap.parse_args(argv)
     import torch
 
@@ -198,13 +254,40 @@ def main(argv=None) -> int:
     train_cfg = {"epochs": args.epochs, "in_batch": 2, "early_stopping": 2}
     runs = []
     raw_path = Path(args.out).with_suffix(".json")
+    settings = {"epochs": args.epochs, "limit": args.limit, "train": train_cfg}
+    if args.merge is not None:
+        seen = set()
+        for f in args.merge:
+            got = json.loads(Path(f).read_text(encoding="utf-8"))
+            if got.get("settings") != settings:
+                print(f"{f}: other settings ({got.get('settings')}); give the same --epochs/--limit", file=sys.stderr)
+                return 2
+            for r in got["runs"]:
+                if (r["variant"], r["seed"]) not in seen:
+                    seen.add((r["variant"], r["seed"]))
+                    runs.append(r)
+        raw_path.write_text(json.dumps({"settings": settings, "identity": ident, "runs": runs}) + "\n",
+                            encoding="utf-8")
+        text = render(runs, ident, args, len(ident), split, sum(r["seconds"] for r in runs))
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(text)
+        return 0
+    if args.keep and raw_path.exists():
+        old = json.loads(raw_path.read_text(encoding="utf-8"))
+        if old.get("settings") == settings:
+            runs = [r for r in old["runs"] if r["variant"] in VARIANTS]
+    done = {(r["variant"], r["seed"]) for r in runs}
     for name in names:
         for seed in range(args.seeds):
+            if (name, seed) in done:
+                continue
             r = run_variant(reg, data, name, seed, train_cfg, args.limit)
-            print(f"{name} seed {seed}: test MAP {r['test_map']:.4f} (val {r['val_map']:.4f}, best epoch "
+            val = f"{r['val_map']:.4f}" if r["val_map"] is not None else "-"
+            print(f"{name} seed {seed}: test MAP {r['test_map']:.4f} (val {val}, best epoch "
                   f"{r['best_epoch']}, {r['seconds']:.0f}s)", file=sys.stderr, flush=True)
             runs.append(r)
-            raw_path.write_text(json.dumps({"identity": ident, "runs": runs}) + "\n", encoding="utf-8")
+            raw_path.write_text(json.dumps({"settings": settings, "identity": ident, "runs": runs}) + "\n",
+                                encoding="utf-8")
     text = render(runs, ident, args, len(ident), split, time.perf_counter() - t0)
     Path(args.out).write_text(text, encoding="utf-8")
     print(text)

@@ -215,10 +215,13 @@ def evaluate_selection(pipeline, items, baselines: Sequence[Baseline] = (), trai
             scored.append((flat[at:at + len(it.candidates)], it.labels))
             at += len(it.candidates)
         rows.append({"name": "run", "map": M.mean_average_precision(scored), "mrr": M.selection_mrr(scored)})
+        aps = {"run": [M.average_precision(s, l) for s, l in scored if any(l)]}
         if not baselines:
             predictors = {}
         elif "identity" not in predictors:
             predictors["identity"] = q
+    else:
+        aps = {}
     for name, pred in predictors.items():
         scored = []
         for i, it in enumerate(items):
@@ -226,7 +229,16 @@ def evaluate_selection(pipeline, items, baselines: Sequence[Baseline] = (), trai
             s = torch.nn.functional.cosine_similarity(pred[i:i + 1].float(), c.float(), dim=-1).tolist()
             scored.append((s, it.labels))
         rows.append({"name": name, "map": M.mean_average_precision(scored), "mrr": M.selection_mrr(scored)})
-    return {"questions": len(items), "rows": rows}
+        aps[name] = [M.average_precision(s, l) for s, l in scored if any(l)]
+    out: dict[str, Any] = {"questions": len(items), "rows": rows}
+    if len(rows) > 1 and aps.get("run"):
+        # per-question average precision, paired over the same questions
+        out["compare"] = []
+        for r in rows[1:]:
+            bs = M.paired_bootstrap(aps["run"], aps[r["name"]], resamples=2000)
+            out["compare"].append({"baseline": r["name"], "metric": "map", "map_diff": bs["diff"],
+                                   "ci95": [bs["lo"], bs["hi"]], "verdict": M.bootstrap_verdict(bs)})
+    return out
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -240,8 +252,9 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{r['name']:12s}" + "".join(f"{r[c]:11.4f}" for c in cols))
     if result.get("compare"):
         lines.append("")
-        lines.append("run − baseline MRR, 95% paired-bootstrap interval over the test questions:")
+        metric = result["compare"][0].get("metric", "mrr")
+        lines.append(f"run − baseline {metric.upper()}, 95% paired-bootstrap interval over the test questions:")
         for c in result["compare"]:
             lo, hi = c["ci95"]
-            lines.append(f"  vs {c['baseline']:10s} {c['mrr_diff']:+.4f}  [{lo:+.4f}, {hi:+.4f}]  {c['verdict']}")
+            lines.append(f"  vs {c['baseline']:10s} {c[metric + '_diff']:+.4f}  [{lo:+.4f}, {hi:+.4f}]  {c['verdict']}")
     return "\n".join(lines)

@@ -218,3 +218,20 @@ def test_idf_channel_weights_rare_matches_above_common_ones(registry, tmp_path):
     assert after[0, 0] < after[1, 1] < after[2, 2] <= 1.0  # "the" (in 4 of 5 texts) < "red" (1) < "cat" (0)
     assert after[0, 0] == 0.0  # log(5 / (1 + 4)) = 0
     torch.testing.assert_close(pipe.score_pairs(QS, CS), identity_cos(pipe, QS, CS))  # still identity
+
+
+def test_eval_of_a_selection_file_ranks_by_the_pair_scores(registry, tmp_path):
+    from cellnet_core.evaluation import IdentityBaseline, evaluate_selection, format_table
+
+    r = InteractionGridReshaper(DIM, (8, 10, 1), 4)
+    pipe = make_pipeline(registry, r, LATTICE, tmp_path)
+    items = [SelectionItem(q, [c, CS[(i + 1) % 3]], [1, 0]) for i, (q, c) in enumerate(zip(QS, CS))]
+    out = evaluate_selection(pipe, items, [IdentityBaseline()])
+    run, ident = out["rows"]
+    assert run["name"] == "run" and ident["name"] == "identity"
+    assert run["map"] == ident["map"]  # untrained scorer = identity
+    assert out["compare"][0]["verdict"] == "same" and "MAP" in format_table(out)
+    with torch.no_grad():
+        r.readout.out.bias.fill_(0.0)
+        r.readout.out.weight.normal_()  # a different scorer may rank differently; the row is its own
+    assert evaluate_selection(pipe, items)["rows"][0]["name"] == "run"
