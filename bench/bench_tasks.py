@@ -27,8 +27,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: the fused kernel on whole batches: its slab-by-slab backward (for huge single lattices) costs 2-3x on
+#: these many small grids
 LATTICE = {"name": "lattice", "cell": {"name": "nca", "hidden": 16}, "steps": 4, "neighbourhood": "von-neumann",
-           "boundary": "walls", "kernel": "auto"}
+           "boundary": "walls", "kernel": "fused", "kernel_options": {"grad_slab_cells": 1 << 30}}
 GRID = {"name": "interaction-grid", "shape": [16, 48, 1], "channels": 6, "features": ["cos", "exact", "idf"]}
 FACES = {"name": "pair-faces", "shape": [8, 8, 4], "channels": 6, "adapter": "exact"}
 SURFACE = {"name": "surface", "shape": [8, 8, 4], "channels": 8, "init": "inverse"}
