@@ -19,6 +19,7 @@ returned) and discovers them itself when it is left out. Bad input raises a
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from cellnet_core.registry import Registry
 
 __all__ = ["Plugins", "load_plugins", "load_config", "resolved_config", "train", "load_run", "answer",
-           "evaluate", "untrained_warning", "find_run_config", "resume_source"]
+           "evaluate", "check_run_dir", "untrained_warning", "find_run_config", "resume_source"]
 
 
 class Plugins(NamedTuple):
@@ -180,8 +181,8 @@ def train(config: str | Path | dict[str, Any] | "BaseModel" | None, run_dir: str
     if config is None:
         raise ConfigError("train: give a config (a YAML file, a mapping or a validated config)")
     config = load_config(config, overrides, plugins=(pm, registry))
-    if not launched:
-        prepare_run_dir(target, overwrite=overwrite, resume=resume, dry_run=True)
+    if not launched and not resume:
+        prepare_run_dir(target, overwrite=overwrite, dry_run=True)
     # the dataset first: a bad data file fails before any model loads or any file is written
     data = registry.build("dataset", config.data, None)
     if world > 1 and "LOCAL_RANK" in os.environ:
@@ -196,16 +197,16 @@ def train(config: str | Path | dict[str, Any] | "BaseModel" | None, run_dir: str
         partial = Path(launched)
     else:
         partial = prepare_run_dir(target, overwrite=overwrite, resume=resume)
-    if rank == 0:
-        atomic_write_text(partial / CONFIG_FILE, yaml.safe_dump(config_to_dict(config), sort_keys=False))
-        say(f"run directory: {target} (written in {partial.name} until complete)")
-        kernel = getattr(pipeline.core, "kernel_name", None)
-        if kernel:
-            say(f"lattice kernel: {kernel}")
-    before = {k: v.detach().cpu().clone() for k, v in pipeline.state_tensors().items()}
-    run = RunContext(partial, seed=config.seed, resume=resume, hook=pm.hook, rank=rank, world_size=world)
-    run.extras.update(extras or {})
     try:
+        if rank == 0:
+            atomic_write_text(partial / CONFIG_FILE, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+            say(f"run directory: {target} (written in {partial.name} until complete)")
+            kernel = getattr(pipeline.core, "kernel_name", None)
+            if kernel:
+                say(f"lattice kernel: {kernel}")
+        before = {k: v.detach().cpu().clone() for k, v in pipeline.state_tensors().items()}
+        run = RunContext(partial, seed=config.seed, resume=resume, hook=pm.hook, rank=rank, world_size=world)
+        run.extras.update(extras or {})
         result = strategy.fit(pipeline, data, run)
         pipeline.run_dir = target
         if rank != 0:
@@ -216,8 +217,11 @@ def train(config: str | Path | dict[str, Any] | "BaseModel" | None, run_dir: str
         extra_files = sorted(partial.glob("*.png")) + [p for p in (partial / "metrics.jsonl",) if p.exists()]
         pipeline.save(partial, extra_files=extra_files, manifest_extra={"train": info})
     except BaseException:
-        if rank == 0 and not launched:  # a launch's parent says it once for all workers
-            say(interrupted_note(partial, target))
+        if rank == 0 and not launched:  # a launch's parent speaks once for all its workers
+            if not resume and not _has_progress(partial):
+                shutil.rmtree(partial, ignore_errors=True)  # nothing to resume: leave no trace
+            else:
+                say(interrupted_note(partial, target))
         raise
     publish_run_dir(partial, target)
     pipeline.train_info = info
@@ -228,6 +232,15 @@ def train(config: str | Path | dict[str, Any] | "BaseModel" | None, run_dir: str
     if info["untrained"]:
         say(f"WARNING: {target}: {UNTRAINED_NOTE}; try more epochs, another lr or loss")
     return pipeline
+
+
+def _has_progress(partial: Path) -> bool:
+    """True when a partial run holds more than its config (a checkpoint, metrics: worth resuming)."""
+    from cellnet_core.pipeline import CONFIG_FILE
+
+    if not partial.is_dir():
+        return False
+    return any(p.name not in (CONFIG_FILE, ".cellnet-writer") for p in partial.iterdir())
 
 
 def interrupted_note(partial: str | Path, run_dir: str | Path) -> str:
@@ -256,6 +269,24 @@ def untrained_warning(run_dir: str | Path) -> str | None:
     return None
 
 
+def check_run_dir(run_dir: str | Path, *, verify: bool = True) -> None:
+    """Raise :class:`~cellnet_core.errors.CheckpointError` unless ``run_dir`` is a complete run:
+    no such folder, an interrupted run (it says how to resume it), or (``verify``) a file that is
+    missing or does not match the manifest."""
+    from cellnet_core.checkpoint import verify_manifest
+    from cellnet_core.errors import CheckpointError
+    from cellnet_core.run import partial_dir, target_of
+
+    target = target_of(run_dir)
+    if (Path(run_dir) != target or not target.exists()) and partial_dir(target).exists():
+        raise CheckpointError(f"{target}: not complete; an interrupted run waits in {partial_dir(target)}: "
+                              f"continue it with 'cellnet train --resume {target}'")
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"{run_dir}: no such run directory")
+    if verify:
+        verify_manifest(run_dir)
+
+
 def load_run(run_dir: str | Path, *, device: str | None = None, plugins: Plugins | None = None,
              warn: bool = True) -> "Pipeline":
     """Load a trained run; every file is checked against the manifest first.
@@ -265,6 +296,7 @@ def load_run(run_dir: str | Path, *, device: str | None = None, plugins: Plugins
     """
     from cellnet_core.pipeline import Pipeline
 
+    check_run_dir(run_dir, verify=False)
     registry = _plugins(plugins).registry
     pipe = Pipeline.load(run_dir, registry, device=device)
     note = untrained_warning(run_dir)

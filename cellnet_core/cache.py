@@ -114,6 +114,7 @@ class EmbeddingCache:
         return found, missing
 
     def put_many(self, texts: Sequence[str], embs: Any) -> None:
+        """Store ``embs [N, D]`` for ``texts`` as one new shard (atomic; merged past MAX_SHARDS)."""
         from safetensors.torch import save
 
         if len(texts) == 0:
@@ -172,6 +173,7 @@ class CachedEncoder:
         return getattr(self.inner, item)
 
     def encode(self, texts: Sequence[str]):
+        """``texts`` → ``[B, D]`` float32: cached rows from disk, the rest from the encoder (then cached)."""
         import torch
 
         texts = list(texts)

@@ -45,6 +45,7 @@ def _default_run_dir(config_path: str) -> Path:
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_plugins(args) -> int:
+    """``cellnet plugins``: each plugin, its distribution, version and what it provides."""
     pm, registry = _load(quiet=True)
     rows = [{"name": p.name, "distribution": p.distribution, "version": p.version, "module": p.module,
              "provides": p.provides, "error": p.error} for p in pm.report.plugins]
@@ -68,6 +69,7 @@ def _fmt_default(value: Any) -> str:
 
 
 def cmd_components(args) -> int:
+    """``cellnet components``: registered parts by kind, or one part's config fields."""
     _, registry = _load()
     from cellnet_core.registry import KINDS, _unknown_message
 
@@ -126,6 +128,7 @@ def _component_detail(registry, args) -> int:
 
 
 def cmd_validate(args) -> int:
+    """``cellnet validate``: check configs and their data files; exit 2 when one is bad."""
     from cellnet_core.config import load_config
 
     _, registry = _load()
@@ -143,6 +146,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_config(args) -> int:
+    """``cellnet config``: the resolved config of a YAML file or run directory, defaults filled in."""
     import yaml
 
     from cellnet_core import api
@@ -157,6 +161,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_schema(args) -> int:
+    """``cellnet schema``: the JSON Schema of a run config for the installed components."""
     from cellnet_core.config import json_schema
 
     _, registry = _load()
@@ -170,6 +175,7 @@ def cmd_schema(args) -> int:
 
 
 def cmd_train(args) -> int:
+    """``cellnet train``: train a run (:func:`cellnet_core.api.train`), or launch N data-parallel workers."""
     from cellnet_core import api
     from cellnet_core.run import prepare_run_dir, target_of
 
@@ -300,18 +306,14 @@ class _Loader:
 
 
 def cmd_ask(args) -> int:
+    """``cellnet ask``: answer the questions given, from stdin, or typed on a terminal."""
     from cellnet_core import api
-    from cellnet_core.checkpoint import verify_manifest
 
     _, registry = _load()
     interactive = not args.texts and sys.stdin is not None and sys.stdin.isatty()
     if interactive:
         # the cheap checks now (a damaged run fails before the prompt), the slow loading meanwhile
-        if not Path(args.run_dir).is_dir():
-            from cellnet_core.errors import CheckpointError
-
-            raise CheckpointError(f"{args.run_dir}: no such run directory")
-        verify_manifest(args.run_dir)
+        api.check_run_dir(args.run_dir)
         print(f"loading {args.run_dir} … (type your first question meanwhile)", file=sys.stderr, flush=True)
         loader = _Loader(args, registry)
         note = api.untrained_warning(args.run_dir)
@@ -360,6 +362,7 @@ def cmd_ask(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    """``cellnet eval``: the run beside its baselines on held-out data (:func:`cellnet_core.api.evaluate`)."""
     from cellnet_core import api
     from cellnet_core.evaluation import format_table
 
@@ -377,6 +380,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_cache(args) -> int:
+    """``cellnet cache``: where the embedding cache is (and how that was chosen), what it holds; clear it."""
     from cellnet_core.cache import cache_clear, cache_dir_source, cache_info
 
     if args.dir:
@@ -400,6 +404,7 @@ def cmd_cache(args) -> int:
 
 
 def cmd_viz(args) -> int:
+    """``cellnet viz``: PNG pictures of a lattice run's state for one text."""
     from cellnet_core.pipeline import Pipeline
 
     _, registry = _load()
@@ -418,6 +423,7 @@ def cmd_viz(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    """``cellnet bench``: run every ``bench_*.py`` script under ``--root``."""
     import subprocess
 
     root = Path(args.root)
@@ -579,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``cellnet`` command line on ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")

@@ -29,6 +29,8 @@ CONFIG_FILE = "config.yaml"
 
 
 def resolve_device(name: str = "auto"):
+    """A ``torch.device`` for a config's ``device``: ``auto`` is CUDA when available, else the CPU;
+    asking for CUDA where there is none raises :class:`ConfigError`."""
     import torch
 
     if name == "auto":
@@ -329,4 +331,5 @@ class Pipeline:
 
 
 def read_json(path: Path) -> Any:
+    """A JSON file's content (no checks; see :func:`cellnet_core.checkpoint.read_json` for those)."""
     return json.loads(Path(path).read_text(encoding="utf-8"))

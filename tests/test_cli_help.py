@@ -149,10 +149,24 @@ def test_interactive_ask_loads_visibly_keeps_history_and_does_not_echo(tmp_path)
     read_until(b"> ")
     os.write(fd, b"good morning\r")
     read_until(b"A: ")
-    read_until(b"> ")
-    os.write(fd, b"\x04")  # Ctrl-D
-    read_until(b"\x00", timeout=10)
-    _, status = os.waitpid(pid, 0)
+    read_until(b"]\r\n> ")  # the answer line, then the next prompt
+    import time
+
+    status = None
+    for _ in range(10):  # Ctrl-D; typed again if it reached the terminal before readline read it
+        time.sleep(0.5)
+        try:
+            os.write(fd, b"\x04")
+        except OSError:  # the terminal closed: ask has ended
+            pass
+        read_until(b"\x00", timeout=3)
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("interactive ask did not end on Ctrl-D:\n" + out.decode("utf-8", "replace"))
     text = out.decode("utf-8", "replace")
     assert os.waitstatus_to_exitcode(status) == 0, text
     assert f"loading {run}" in text and "A: " in text

@@ -122,8 +122,11 @@ def test_a_crash_leaves_no_loadable_half_run_and_resume_finishes_it(lattice_cfg,
     partial = partial_dir(run)
     assert not run.exists() and partial.is_dir()
     assert not (partial / "manifest.json").exists()
-    with pytest.raises(CheckpointError):
-        api.load_run(partial)
+    for path in (partial, run):
+        with pytest.raises(CheckpointError, match="not complete; an interrupted run waits"):
+            api.load_run(path)
+    r = _cli("ask", str(run), "hello")
+    assert r.returncode == 2 and "--resume" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     # a fresh train into the same run directory is refused while the interrupted run waits
     assert main(["train", str(lattice_cfg), "--run-dir", str(run)]) == 2
     assert "--resume" in capsys.readouterr().err
@@ -233,3 +236,19 @@ def test_a_trained_run_is_not_flagged(tmp_path):
     plugins = fake_registry()
     api.train(fake_config(FAST), tmp_path / "run", plugins=plugins, echo=None)
     assert api.untrained_warning(tmp_path / "run") is None
+
+
+def test_a_failure_before_any_checkpoint_leaves_nothing_behind(greet, tmp_path, monkeypatch, capsys):
+    from cellnet_core.builtin import components
+
+    def boom(self, pipeline, data, run):
+        raise RuntimeError("failed before the first checkpoint")
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(components.RetrievalStrategy, "fit", boom)
+        with pytest.raises(RuntimeError, match="before the first checkpoint"):
+            api.train(greet, run)
+    assert not run.exists() and not partial_dir(run).exists()
+    assert "--resume" not in capsys.readouterr().err  # nothing to resume: not offered
+    assert main(["train", str(greet), "--run-dir", str(run)]) == 0
