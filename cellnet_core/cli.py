@@ -136,8 +136,8 @@ def cmd_validate(args) -> int:
     for path in args.configs:
         try:
             config = load_config(registry, path, args.set)
-            # what training builds first: a missing or malformed data file fails here too
-            registry.build("dataset", config.data, None)
+            if not args.no_data:  # what training builds first: a missing or malformed data file fails here too
+                registry.build("dataset", config.data, None)
             print(f"{path}: ok")
         except CellnetError as exc:
             print(str(exc), file=sys.stderr)
@@ -492,9 +492,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_components)
 
     s = _sub(sub, "validate", "check config files (and their data files) without training",
-             "  cellnet validate configs/*.yaml\n  cellnet validate configs/default.yaml --set core.steps=20")
+             "  cellnet validate configs/*.yaml\n  cellnet validate configs/default.yaml --set core.steps=20\n"
+             "  cellnet validate configs/*.yaml --no-data")
     s.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML run configs")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
+    s.add_argument("--no-data", action="store_true",
+                   help="skip reading the datasets (faster for large corpora; config checks only)")
     s.set_defaults(func=cmd_validate)
 
     s = _sub(sub, "config", "print a run's or a YAML file's config with every default filled in",

@@ -198,6 +198,7 @@ def test_validate_checks_data_files(tmp_path, capsys):
     cfg.write_text(GREET.replace("data: {name: greetings}", f"data: {{name: pairs, train: {tmp_path / 'no.jsonl'}}}"))
     assert main(["validate", str(cfg)]) == 2
     assert "no.jsonl" in capsys.readouterr().err
+    assert main(["validate", str(cfg), "--no-data"]) == 0  # config checks only
 
 
 def test_a_lattice_without_training_section_is_refused(tmp_path):
