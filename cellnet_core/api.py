@@ -136,8 +136,8 @@ def _untrained(pipeline: "Pipeline", before: dict[str, Any], best_epoch: int | N
     return all(k in before and torch.equal(before[k], v.detach().cpu()) for k, v in after.items())
 
 
-UNTRAINED_NOTE = ("the saved weights are the untrained start (best validation epoch 0, or no weight changed): "
-                  "no training epoch beat the initial lattice on validation")
+UNTRAINED_NOTE = ("the saved weights are the untrained start (best validation epoch 0: no epoch beat the "
+                  "initial weights on validation; or training changed no weight)")
 
 
 def train(config: str | Path | dict[str, Any] | "BaseModel" | None, run_dir: str | Path, *,

@@ -253,3 +253,15 @@ def test_a_failure_before_any_checkpoint_leaves_nothing_behind(greet, tmp_path, 
     assert not run.exists() and not partial_dir(run).exists()
     assert "--resume" not in capsys.readouterr().err  # nothing to resume: not offered
     assert main(["train", str(greet), "--run-dir", str(run)]) == 0
+
+
+@pytest.mark.slow
+def test_data_parallel_workers_share_one_partial_directory(lattice_cfg, tmp_path):
+    """``--nproc 2``: the parent checks and prepares ``.run.partial`` once; rank 0 moves it into place."""
+    run = tmp_path / "run"
+    r = _cli("train", str(lattice_cfg), "--run-dir", str(run), "--nproc", "2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (run / "manifest.json").exists() and not partial_dir(run).exists()
+    assert api.load_run(run, warn=False).config.training.epochs == 3
+    r = _cli("train", str(lattice_cfg), "--run-dir", str(run), "--nproc", "2", cwd=tmp_path)
+    assert r.returncode == 2 and "not empty" in r.stderr
