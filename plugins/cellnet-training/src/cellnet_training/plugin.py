@@ -10,6 +10,7 @@ _IMPL = "cellnet_training.strategies"
 
 @hookimpl
 def cellnet_register_components(registry) -> None:
+    """Register the training strategies."""
     registry.add("strategy", "autoencoder", c.AutoencoderConfig, f"{_IMPL}:build_autoencoder",
                  summary="train reshaper+core to return each embedding through the lattice (reconstruction)")
     registry.add("strategy", "dialogue", c.DialogueConfig, f"{_IMPL}:build_dialogue",
@@ -29,6 +30,7 @@ def cellnet_register_components(registry) -> None:
 
 @hookimpl
 def cellnet_eval_baselines():
+    """The equal-size ``mlp`` baseline for ``cellnet eval``."""
     from cellnet_training.baselines import MLPBaseline
 
     return [MLPBaseline()]
