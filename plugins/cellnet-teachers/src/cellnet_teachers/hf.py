@@ -211,6 +211,9 @@ class HFEncoder(Teacher):
 
             require_onnxruntime()
             require_onnx()
+            if not Path(source).is_dir():
+                raise ConfigError(f"{where}.backend: 'onnx' exports from a local model folder; '{source}' is a "
+                                  "hub id (give the folder it is cached in, or use backend: torch)")
             if dtype != "float32":
                 raise ConfigError(f"{where}.dtype: backend 'onnx' runs float32 weights (quantize: int8 for "
                                   f"smaller ones), not {dtype}")
@@ -247,9 +250,6 @@ class HFEncoder(Teacher):
         if backend == "onnx":
             from cellnet_teachers.onnx_backend import OnnxRunner
 
-            if not Path(source).is_dir():
-                raise ConfigError(f"{where}.backend: 'onnx' exports from a local model folder; '{source}' is a "
-                                  "hub id (give the folder it is cached in, or use backend: torch)")
             name = label if label != "hf" else Path(source).name
             self.runner = OnnxRunner(source, name=name, weights=ident, layer=layer, quantize=quantize, threads=threads,
                                      tokenizer=self.tokenizer, config=config, max_length=max_length, where=where)
