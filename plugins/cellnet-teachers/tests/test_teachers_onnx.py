@@ -145,10 +145,14 @@ def test_damaged_export_is_rebuilt_with_a_warning(encoders, registry, sentences,
         enc = registry.build("encoder", {"name": "minilm", "backend": "onnx"})
     assert enc.runner.path == model
     torch.testing.assert_close(enc.encode(sentences[:10]), emb["fp32"][:10], atol=2e-5, rtol=1e-4)
+    from cellnet_teachers.onnx_backend import check_export
+
+    settings = json.loads((model.parent / "export.json").read_text())["settings"]
+    assert check_export(model.parent, settings) is None
     model.write_bytes(b"")  # truncated to nothing
-    with pytest.warns(UserWarning, match="damaged or stale"):
-        registry.build("encoder", {"name": "minilm", "backend": "onnx"})
-    assert model.stat().st_size > 1_000_000
+    assert "does not match its recorded sha256" in check_export(model.parent, settings)
+    model.unlink()
+    assert "model.onnx is missing" in check_export(model.parent, settings)
 
 
 def test_threads_follow_torch_unless_configured(encoders, registry, use_onnx_home):
