@@ -64,6 +64,8 @@ class Kernel(Protocol):
 
 @dataclass
 class Candidate:
+    """One decoder candidate: its text and score (higher is better)."""
+
     text: str
     score: float
 
@@ -78,12 +80,15 @@ class Decoder(Protocol):
     def candidates(self, emb: "torch.Tensor", k: int = 5) -> list[list[Candidate]]:
         """Top-k candidates with scores (higher is better) per row, best first."""
 
-    def fit(self, texts: Sequence[str], embs: "torch.Tensor") -> Any: ...
+    def fit(self, texts: Sequence[str], embs: "torch.Tensor") -> Any:
+        """Trainable decoders: learn from ``texts`` and their embeddings ``embs [N, D]``; returns
+        what it measured."""
 
     def save(self, directory: Path) -> list[Path]:
         """Write artefacts into ``directory``; return the files written (hashed into the manifest)."""
 
-    def load(self, directory: Path) -> None: ...
+    def load(self, directory: Path) -> None:
+        """Read the artefacts :meth:`save` wrote into ``directory``."""
 
 
 @dataclass
@@ -111,7 +116,9 @@ class Dataset(Protocol):
     def pairs(self, split: str) -> list[Pair]:
         """``split`` in ``train``, ``val``, ``test``."""
 
-    def texts(self, split: str) -> list[str]: ...
+    def texts(self, split: str) -> list[str]:
+        """The single texts of ``split`` (questions and answers, or sentences), for decoders and
+        autoencoders."""
 
 
 @dataclass
@@ -127,11 +134,14 @@ class TrainResult:
 
 @runtime_checkable
 class Strategy(Protocol):
+    """Trains a pipeline; see :meth:`fit`."""
+
     def fit(self, pipeline: Any, data: Dataset, run: Any) -> TrainResult:
         """Train ``pipeline`` (its reshaper/core/decoder) on ``data``; ``run`` is a
         :class:`cellnet_core.run.RunContext` (directory, checkpoints, logging, resume)."""
 
 
 def iter_batches(seq: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    """Consecutive slices of ``seq`` of at most ``size`` items."""
     for i in range(0, len(seq), size):
         yield seq[i:i + size]

@@ -27,10 +27,12 @@ def ranks_of_targets(scores, targets) -> list[int]:
 
 
 def recall_at_k(ranks: Sequence[int], k: int) -> float:
+    """Fraction of 1-based ``ranks`` that are ≤ ``k``."""
     return sum(r <= k for r in ranks) / len(ranks) if ranks else 0.0
 
 
 def mrr(ranks: Sequence[int]) -> float:
+    """Mean reciprocal rank of 1-based ``ranks``."""
     return sum(1.0 / r for r in ranks) / len(ranks) if ranks else 0.0
 
 
@@ -72,6 +74,8 @@ def average_precision(scores: Sequence[float], labels: Sequence[int]) -> float:
 
 
 def reciprocal_rank(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """1 / the position of the first positive label when sorted by score (ties: negatives first); 0
+    without one."""
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], labels[i]))
     for pos, i in enumerate(order, start=1):
         if labels[i]:
@@ -86,6 +90,7 @@ def mean_average_precision(items: Sequence[tuple[Sequence[float], Sequence[int]]
 
 
 def selection_mrr(items: Sequence[tuple[Sequence[float], Sequence[int]]]) -> float:
+    """Mean :func:`reciprocal_rank` over ``(scores, labels)`` items that have a positive label."""
     rrs = [reciprocal_rank(s, l) for s, l in items if any(l)]
     return sum(rrs) / len(rrs) if rrs else 0.0
 
@@ -94,10 +99,12 @@ _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
 
 def normalize_text(text: str) -> str:
+    """Lower case, punctuation to spaces, whitespace collapsed (for exact match and token F1)."""
     return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
 
 def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style token F1 of ``prediction`` against ``reference`` after :func:`normalize_text`."""
     p, r = normalize_text(prediction).split(), normalize_text(reference).split()
     if not p and not r:
         return 1.0
@@ -109,6 +116,7 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when both texts are equal after :func:`normalize_text`, else 0.0."""
     return float(normalize_text(prediction) == normalize_text(reference))
 
 
@@ -120,4 +128,5 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 
 def mean(values: Sequence[float]) -> float:
+    """Arithmetic mean; 0.0 for no values."""
     return sum(values) / len(values) if values else 0.0

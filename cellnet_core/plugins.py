@@ -27,6 +27,9 @@ BUILTIN_NAME = "builtin"
 
 @dataclass
 class PluginInfo:
+    """One discovered plugin: entry-point name, version, module, distribution, hooks, error and
+    parts provided."""
+
     name: str
     version: str
     module: str
@@ -45,6 +48,7 @@ class PluginReport:
 
     @property
     def failed(self) -> list[PluginInfo]:
+        """The plugins whose import or registration failed."""
         return [p for p in self.plugins if p.error]
 
 

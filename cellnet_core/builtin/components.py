@@ -39,6 +39,8 @@ class HashingEncoder:
         return feats
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """``texts`` → ``[B, dim]`` float32, each row the signed hash counts of its features,
+        L2-normalised."""
         out = torch.zeros(len(texts), self.dim)
         for row, text in enumerate(texts):
             for f in self._features(text):
@@ -64,9 +66,11 @@ class FlatReshaper(nn.Module):
         self.shape, self.channels, self.out_dim = (x, y, z), channels, dim
 
     def to_field(self, emb: torch.Tensor) -> torch.Tensor:
+        """``emb [B, D]`` → ``field [B, X, Y, Z, C]`` by a plain reshape (D = X·Y·Z·C)."""
         return emb.reshape(emb.shape[0], *self.shape, self.channels)
 
     def from_state(self, state: torch.Tensor) -> torch.Tensor:
+        """``state [B, X, Y, Z, C]`` → ``[B, X·Y·Z·C]``, the exact inverse of :meth:`to_field`."""
         return state.reshape(state.shape[0], -1)
 
 
@@ -78,6 +82,7 @@ class IdentityCore(nn.Module):
         self.shape, self.channels, self.last_steps = shape, channels, 0
 
     def forward(self, field: torch.Tensor) -> torch.Tensor:
+        """Returns ``field`` unchanged (the baseline: the answer's embedding is the question's)."""
         return field
 
 
@@ -90,6 +95,8 @@ class NearestDecoder:
         self.bank = torch.zeros(0, 0)
 
     def fit(self, texts: Sequence[str], embs: torch.Tensor) -> None:
+        """Remember the distinct ``texts`` (first occurrence wins) and their L2-normalised
+        embeddings ``[N, D]``."""
         seen: dict[str, int] = {}
         for i, t in enumerate(texts):
             seen.setdefault(t, i)
@@ -105,6 +112,8 @@ class NearestDecoder:
                               f"{self.bank.shape[-1]}")
 
     def candidates(self, emb: torch.Tensor, k: int | None = None) -> list[list[Candidate]]:
+        """The ``k`` (default: the config's) most cosine-similar known texts per row of ``emb [B,
+        D]``, best first."""
         self._check(emb)
         k = min(k or self.k, len(self.texts))
         sims = nn.functional.normalize(emb.float(), dim=-1) @ self.bank.T
@@ -113,9 +122,11 @@ class NearestDecoder:
                 for vr, ir in zip(vals, idx)]
 
     def decode(self, emb: torch.Tensor) -> list[str]:
+        """The most similar known text per row of ``emb [B, D]``."""
         return [row[0].text for row in self.candidates(emb, 1)]
 
     def save(self, directory: Path) -> list[Path]:
+        """Write ``bank.safetensors`` and ``texts.jsonl`` into ``directory``; return both paths."""
         from cellnet_core.checkpoint import save_tensors
 
         directory.mkdir(parents=True, exist_ok=True)
@@ -124,6 +135,8 @@ class NearestDecoder:
         return [directory / "bank.safetensors", directory / "texts.jsonl"]
 
     def load(self, directory: Path) -> None:
+        """Read what :meth:`save` wrote; a bank and text list of different lengths is a
+        CheckpointError."""
         from cellnet_core.checkpoint import load_tensors
 
         self.bank = load_tensors(directory / "bank.safetensors")["bank"]
@@ -142,6 +155,8 @@ class RetrievalStrategy:
         self.include_val = include_val
 
     def fit(self, pipeline: Any, data: Any, run: Any) -> TrainResult:
+        """Fit the decoder on the training (and, with ``include_val``, validation) answers; trains
+        no weights."""
         t0 = time.perf_counter()
         splits = ["train", "val"] if self.include_val else ["train"]
         if hasattr(pipeline.encoder.inner, "fit"):  # fitted preprocessing: training texts only
@@ -156,21 +171,26 @@ class RetrievalStrategy:
 
 
 def build_hashing(cfg, ctx) -> HashingEncoder:
+    """Factory of the ``hashing`` encoder."""
     return HashingEncoder(cfg.dim, cfg.ngrams, cfg.char_ngrams, cfg.lowercase)
 
 
 def build_flat(cfg, ctx) -> FlatReshaper:
+    """Factory of the ``flat`` reshaper (D from the encoder)."""
     return FlatReshaper(ctx.embedding_dim, cfg.shape, cfg.channels)
 
 
 def build_identity(cfg, ctx) -> IdentityCore:
+    """Factory of the ``identity`` core (shape and channels from the reshaper)."""
     r = ctx.reshaper
     return IdentityCore(tuple(r.shape), r.channels)
 
 
 def build_nearest(cfg, ctx) -> NearestDecoder:
+    """Factory of the ``nearest`` decoder."""
     return NearestDecoder(cfg.k)
 
 
 def build_retrieval(cfg, ctx) -> RetrievalStrategy:
+    """Factory of the ``retrieval`` strategy."""
     return RetrievalStrategy(cfg.include_val)

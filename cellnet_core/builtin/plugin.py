@@ -10,6 +10,8 @@ _IMPL = "cellnet_core.builtin.components"
 
 @hookimpl
 def cellnet_register_components(registry) -> None:
+    """Register the core's reference parts: ``hashing``, ``flat``, ``identity``, ``nearest``,
+    ``retrieval``."""
     registry.add("encoder", "hashing", c.HashingEncoderConfig, f"{_IMPL}:build_hashing",
                  summary="feature hashing of word n-grams, L2-normalised (no weights; tests, lexical baseline)")
     registry.add("reshaper", "flat", c.FlatReshaperConfig, f"{_IMPL}:build_flat",
@@ -24,6 +26,7 @@ def cellnet_register_components(registry) -> None:
 
 @hookimpl
 def cellnet_eval_baselines():
+    """The core's evaluation baselines: ``identity``, ``mean`` and ``ridge``."""
     from cellnet_core.evaluation import IdentityBaseline, MeanBaseline, RidgeBaseline
 
     return [IdentityBaseline(), MeanBaseline(), RidgeBaseline()]

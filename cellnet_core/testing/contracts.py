@@ -22,6 +22,10 @@ from cellnet_core.pipeline import BuildContext
 
 
 class ComponentContract:
+    """Base of the contract test classes: subclass one per component, set ``name`` (and ``config``
+    for non-default options), and pytest runs every ``test_*`` method against the component as it
+    is found through real plugin discovery."""
+
     kind: ClassVar[str] = ""
     name: ClassVar[str] = ""
     config: ClassVar[dict[str, Any]] = {}
@@ -33,6 +37,7 @@ class ComponentContract:
 
     # -- helpers -----------------------------------------------------------------------
     def full_config(self) -> dict[str, Any]:
+        """The component's config as a dict: ``{'name': name, **config}``."""
         return {"name": self.name, **self.config}
 
     def make_context(self, registry) -> BuildContext:
@@ -51,6 +56,7 @@ class ComponentContract:
                             embedding_dim=self.embedding_dim, reshaper=reshaper)
 
     def build(self, registry) -> Any:
+        """Build the component from :meth:`full_config` with the test context (seeded)."""
         import torch
 
         torch.manual_seed(0)
@@ -59,32 +65,39 @@ class ComponentContract:
 
     # -- tests every kind shares -------------------------------------------------------------
     def test_registered_through_discovery(self, registry):
+        """The name is registered through the entry points and has a one-line summary."""
         assert self.name in registry.names(self.kind), (
             f"{self.kind} '{self.name}' not found via entry points; registered: {registry.names(self.kind)}")
         assert registry.get(self.kind, self.name).summary, "give the component a one-line summary"
 
     def test_config_round_trip(self, registry):
+        """The validated config dumps to JSON and validates back to an equal config."""
         cfg = registry.config_for(self.kind, self.full_config())
         again = registry.config_for(self.kind, cfg.model_dump(mode="json"))
         assert again == cfg
 
     def test_config_rejects_unknown_field(self, registry):
+        """A misspelt field is a ConfigError naming the field."""
         from cellnet_core.errors import ConfigError
 
         with pytest.raises(ConfigError, match="no_such_field: unknown field"):
             registry.config_for(self.kind, {**self.full_config(), "no_such_field": 1})
 
     def test_config_fields_documented(self, registry):
+        """Every config field (except ``name``) has a description."""
         cls = registry.get(self.kind, self.name).config_cls
         undocumented = [n for n, f in cls.model_fields.items() if n != "name" and not f.description]
         assert not undocumented, f"fields without description: {undocumented}"
 
 
 class EncoderContract(ComponentContract):
+    """Contract of an ``encoder``: shape, dtype, determinism, empty input, a stable fingerprint."""
+
     kind = "encoder"
     sample_texts: ClassVar[list[str]] = ["How old are you?", "What is your name?", "", "I like tea."]
 
     def test_encode_shape_dtype(self, registry):
+        """``encode`` returns a finite float32 tensor ``[len(texts), dim]``."""
         import torch
 
         enc = self.build(registry)
@@ -94,10 +107,12 @@ class EncoderContract(ComponentContract):
         assert torch.isfinite(out).all()
 
     def test_empty_input(self, registry):
+        """No texts give a ``[0, dim]`` tensor."""
         enc = self.build(registry)
         assert tuple(enc.encode([]).shape) == (0, enc.dim)
 
     def test_deterministic(self, registry):
+        """Two builds encode the same texts to the same vectors."""
         import torch
 
         a = self.build(registry).encode(self.sample_texts)
@@ -105,15 +120,19 @@ class EncoderContract(ComponentContract):
         torch.testing.assert_close(a, b)
 
     def test_fingerprint(self, registry):
+        """The fingerprint is a non-empty string, equal for two builds of the same config."""
         enc = self.build(registry)
         assert isinstance(enc.fingerprint, str) and enc.fingerprint
         assert enc.fingerprint == self.build(registry).fingerprint
 
 
 class ReshaperContract(ComponentContract):
+    """Contract of a ``reshaper``: field and output shapes, gradients reaching its parameters."""
+
     kind = "reshaper"
 
     def test_shapes(self, registry):
+        """``to_field`` gives ``[B, *shape, channels]`` and ``from_state`` gives ``[B, out_dim]``."""
         import torch
 
         r = self.build(registry)
@@ -124,6 +143,7 @@ class ReshaperContract(ComponentContract):
         assert out.shape == (3, r.out_dim)
 
     def test_gradients_reach_parameters(self, registry):
+        """A loss on the round trip gives a non-zero gradient to some learned parameter."""
         import torch
 
         r = self.build(registry)
@@ -136,9 +156,12 @@ class ReshaperContract(ComponentContract):
 
 
 class CoreContract(ComponentContract):
+    """Contract of a ``core``: keeps the field's shape, is deterministic, passes gradients."""
+
     kind = "core"
 
     def test_forward_keeps_shape(self, registry):
+        """``forward(field)`` returns a finite float32 state of the field's shape."""
         import torch
 
         core = self.build(registry)
@@ -149,6 +172,7 @@ class CoreContract(ComponentContract):
         assert torch.isfinite(out).all()
 
     def test_same_seed_same_output(self, registry):
+        """Two builds with the same seed give the same output in eval mode."""
         import torch
 
         x, y, z = self.lattice_shape
@@ -159,6 +183,7 @@ class CoreContract(ComponentContract):
             torch.testing.assert_close(a(field), b(field))
 
     def test_gradients_reach_parameters(self, registry):
+        """Gradients reach the input field and every learned parameter."""
         import torch
 
         core = self.build(registry)
@@ -177,9 +202,11 @@ class KernelContract(ComponentContract):
     kind = "kernel"
 
     def make_step_inputs(self, registry):  # pragma: no cover - must be overridden
+        """``(state, field, cell, topology)`` for one step; kernel plugins override it."""
         raise NotImplementedError
 
     def test_step_shape(self, registry):
+        """``step`` keeps the state's shape and returns finite values."""
         import torch
 
         kernel = self.build(registry)
@@ -189,6 +216,8 @@ class KernelContract(ComponentContract):
 
 
 class DecoderContract(ComponentContract):
+    """Contract of a ``decoder``: strings out, sorted candidates, save/load round trip."""
+
     kind = "decoder"
     fit_texts: ClassVar[list[str]] = [
         "hello there", "how are you today", "i am fine thank you", "what is your name",
@@ -196,6 +225,8 @@ class DecoderContract(ComponentContract):
     ]
 
     def fitted(self, registry):
+        """The decoder built and, when it can be fitted, fitted on :attr:`fit_texts`; returns
+        ``(decoder, embeddings)``."""
         dec = self.build(registry)
         ctx = self.make_context(registry)
         embs = ctx.encoder.encode(self.fit_texts)
@@ -204,11 +235,13 @@ class DecoderContract(ComponentContract):
         return dec, embs
 
     def test_decode_returns_strings(self, registry):
+        """``decode`` returns one string per embedding."""
         dec, embs = self.fitted(registry)
         out = dec.decode(embs[:3])
         assert isinstance(out, list) and len(out) == 3 and all(isinstance(t, str) for t in out)
 
     def test_candidates_sorted(self, registry):
+        """``candidates`` (where offered) returns one list per embedding, best score first."""
         dec, embs = self.fitted(registry)
         if not hasattr(dec, "candidates"):
             pytest.skip("decoder reports no candidates")
@@ -219,6 +252,7 @@ class DecoderContract(ComponentContract):
             assert scores == sorted(scores, reverse=True)
 
     def test_save_load_round_trip(self, registry, tmp_path: Path):
+        """``save`` writes the files it lists and a fresh decoder loaded from them decodes the same."""
         dec, embs = self.fitted(registry)
         if not hasattr(dec, "save"):
             pytest.skip("decoder has no artefacts")
@@ -240,11 +274,14 @@ class StrategyContract(ComponentContract):
     }
 
     def dataset(self, registry, tmp_path: Path):
+        """The data ``fit`` is given (the core's small fake question/answer pairs by default)."""
         from cellnet_core.testing.fakes import FakePairs
 
         return FakePairs()
 
     def make_pipeline(self, registry, tmp_path: Path):
+        """A pipeline built from :attr:`pipeline_config` with this strategy as its ``training``
+        section."""
         from cellnet_core.config import run_config_model, validate_component
         from cellnet_core.pipeline import Pipeline
 
@@ -274,6 +311,7 @@ class StrategyContract(ComponentContract):
         return Pipeline.build(cfg, registry, cache_dir=tmp_path / "cache")
 
     def test_fit_returns_result(self, registry, tmp_path):
+        """``fit(pipeline, data, run)`` returns a :class:`~cellnet_core.interfaces.TrainResult`."""
         from cellnet_core.interfaces import TrainResult
         from cellnet_core.run import RunContext
 
@@ -284,9 +322,12 @@ class StrategyContract(ComponentContract):
 
 
 class DatasetContract(ComponentContract):
+    """Contract of a ``dataset``: seeded, disjoint splits and non-empty texts."""
+
     kind = "dataset"
 
     def test_splits_deterministic_and_disjoint(self, registry):
+        """Two builds give the same splits; no group is in train and in val or test."""
         a, b = self.build(registry), self.build(registry)
         splits = {}
         for s in ("train", "val", "test"):
@@ -298,5 +339,6 @@ class DatasetContract(ComponentContract):
         assert not (splits["train"] & splits["val"]), "a group is in both train and val"
 
     def test_texts_are_strings(self, registry):
+        """``texts('train')`` holds non-empty strings."""
         texts = self.build(registry).texts("train")
         assert texts and all(isinstance(t, str) and t.strip() for t in texts[:100])

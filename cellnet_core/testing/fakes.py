@@ -18,8 +18,10 @@ class FakePairs:
     """A fake dataset of 12 hand-written pairs: 8 train, 2 val, 2 test (fixed)."""
 
     def pairs(self, split: str) -> list[Pair]:
+        """The split's pairs: 8 train, 2 val, 2 test, one group per pair."""
         sl = {"train": slice(0, 8), "val": slice(8, 10), "test": slice(10, 12)}[split]
         return [Pair(q, a, group=str(i)) for i, (q, a) in enumerate(_QA)][sl]
 
     def texts(self, split: str) -> list[str]:
+        """Questions and answers of the split's pairs, in order."""
         return [t for p in self.pairs(split) for t in (p.question, p.answer)]

@@ -20,6 +20,8 @@ import pytest
 
 @pytest.fixture(scope="session")
 def registry():
+    """A registry of every installed plugin (real discovery), built once per test run and shared by
+    its tests."""
     from cellnet_core.plugins import load
 
     _, reg = load(autoload=True)
@@ -28,6 +30,7 @@ def registry():
 
 @pytest.fixture
 def plugin_manager_factory(monkeypatch) -> Callable[..., Any]:
+    """A function ``make(autoload=False)`` returning a fresh plugin manager."""
     from cellnet_core.plugins import create_plugin_manager
 
     def make(autoload: bool = False):

@@ -23,24 +23,31 @@ GREETINGS = [
 
 
 class GreetingsDataset:
+    """24 greeting pairs split 16/4/4 by a seeded shuffle."""
+
     def __init__(self, seed: int = 0):
         idx = list(range(len(GREETINGS)))
         random.Random(seed).shuffle(idx)
         self._split = {"train": idx[:16], "val": idx[16:20], "test": idx[20:]}
 
     def pairs(self, split: str) -> list[Pair]:
+        """The split's pairs (one group per pair)."""
         return [Pair(GREETINGS[i][0], GREETINGS[i][1], group=str(i)) for i in self._split[split]]
 
     def texts(self, split: str) -> list[str]:
+        """Questions and answers of the split's pairs."""
         return [t for p in self.pairs(split) for t in (p.question, p.answer)]
 
 
 class CharNgramEncoder:
+    """Hashed character n-grams of the lower-cased text, L2-normalised; ``dim`` wide."""
+
     def __init__(self, dim: int = 256, n: int = 3):
         self.dim, self.n = dim, n
         self.fingerprint = f"char-ngram:dim={dim}:n={n}"
 
     def encode(self, texts):
+        """``texts`` → ``[B, dim]`` float32."""
         import torch
 
         out = torch.zeros(len(texts), self.dim)
@@ -53,8 +60,10 @@ class CharNgramEncoder:
 
 
 def build_greetings(cfg, ctx):
+    """Factory of the ``greetings`` dataset."""
     return GreetingsDataset(cfg.seed)
 
 
 def build_char_ngram(cfg, ctx):
+    """Factory of the ``char-ngram`` encoder."""
     return CharNgramEncoder(cfg.dim, cfg.n)

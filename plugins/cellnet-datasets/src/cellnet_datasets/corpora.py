@@ -95,6 +95,8 @@ def load_chatterbot(language: str) -> tuple[tuple[str, tuple[str, ...], tuple[tu
 
 
 def build_chatterbot(cfg: ChatterbotConfig, ctx: Any = None) -> SplitDataset:
+    """Factory of the ``chatterbot`` dataset: adjacent turns as pairs, optionally only some
+    categories, split by conversation."""
     files = load_chatterbot(cfg.language)
     if cfg.categories:
         wanted = {c.casefold() for c in cfg.categories}
@@ -142,6 +144,8 @@ def load_faq(lang: str) -> tuple[tuple[str, str, str, str], ...]:
 
 
 def build_faq(cfg: FaqConfig, ctx: Any = None) -> SplitDataset:
+    """Factory of the ``faq`` dataset (the Swedish construction FAQ), optionally only some
+    categories."""
     rows = load_faq(cfg.lang)
     if cfg.categories:
         known = sorted({r[1] for r in rows})
@@ -180,6 +184,8 @@ def load_chitchat() -> tuple[tuple[str, tuple[str, ...]], ...]:
 
 
 def build_chitchat(cfg: ChitchatConfig, ctx: Any = None) -> SplitDataset:
+    """Factory of the ``chitchat`` dataset: adjacent turns of the BYU conversations within the
+    length bounds."""
     convs = load_chitchat()
     pairs = []
     raw = 0

@@ -13,6 +13,7 @@ _SQUAD = "cellnet_datasets.squad"
 
 @hookimpl
 def cellnet_register_components(registry) -> None:
+    """Register the bundled corpora and the readers of the user's own files."""
     registry.add("dataset", "chatterbot", c.ChatterbotConfig, f"{_CORPORA}:build_chatterbot",
                  summary="ChatterBot corpus: short topic conversations, adjacent turns as pairs (~1k pairs)",
                  requires=("chatterbot_corpus",), install_hint="pip install chatterbot-corpus")

@@ -113,6 +113,8 @@ def read_lines(path: str | Path, encoding: str = "utf-8") -> list[Record]:
 
 
 def read_records(path: str | Path, fmt: str, required: tuple[str, ...], encoding: str = "utf-8") -> list[Record]:
+    """``(line, record)`` pairs of a JSONL, CSV or TSV file (format from the extension unless
+    given); ``required`` fields must be present."""
     fmt = detect_format(path, fmt)
     if fmt == "jsonl":
         return read_jsonl(path, encoding)
@@ -143,6 +145,7 @@ def get_text(record: dict[str, Any], field: str, path: str | Path, line: int, *,
 
 
 def get_list(record: dict[str, Any], field: str, path: str | Path, line: int) -> list[Any]:
+    """``record[field]`` as a list; missing or not a list is a DataError naming file and line."""
     if field not in record:
         raise DataError(f"{path}: line {line}: missing field '{field}'")
     value = record[field]

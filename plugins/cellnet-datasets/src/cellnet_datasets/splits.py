@@ -145,6 +145,7 @@ def split_groups(items: Sequence[T], group_of: Callable[[T], str], seed: int, va
 
 
 def check_split(split: str) -> str:
+    """``split`` if it is ``train``, ``val`` or ``test``, else a ConfigError listing them."""
     if split not in SPLITS:
         raise ConfigError(f"split: unknown '{split}'; available: {', '.join(SPLITS)}")
     return split

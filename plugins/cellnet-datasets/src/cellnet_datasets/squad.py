@@ -52,6 +52,9 @@ class SquadSelectionItem(SelectionItem):
 
 @dataclass(frozen=True)
 class Question:
+    """One SQuAD question: id, text, its answers ``(text, answer_start)`` and whether it is
+    unanswerable."""
+
     id: str
     question: str
     answers: tuple[tuple[str, int], ...]  #: (text, answer_start) as in the file
@@ -60,6 +63,8 @@ class Question:
 
 @dataclass(frozen=True)
 class Paragraph:
+    """One SQuAD paragraph: its article title, context text and questions."""
+
     article: str
     context: str
     questions: tuple[Question, ...]
@@ -246,6 +251,8 @@ class SquadDataset(SelectionDataset):
 
 
 def build_squad(cfg: SquadConfig, ctx: Any = None) -> SquadDataset:
+    """Factory of the ``squad`` dataset: questions grouped and split by article, optionally
+    subsampled."""
     path = resolve_path(cfg.path)
     version, paragraphs = load_squad(cfg.path)
     # one record per question, grouped by article; the split counts questions

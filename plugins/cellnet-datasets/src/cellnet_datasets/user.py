@@ -56,6 +56,7 @@ def _info(cfg: FileConfig, parts: dict[str, list[Any]]) -> dict[str, Any]:
 # -- pairs --------------------------------------------------------------------------------------
 
 def read_pairs_file(path: str, cfg: PairsConfig) -> list[Pair]:
+    """Question/answer pairs of one JSONL, CSV or TSV file (fields from the config)."""
     fmt = detect_format(path, cfg.format)
     if fmt == "txt":
         raise DataError(f"{path}: pairs need a .jsonl, .csv or .tsv file (or set the dataset's 'format')")
@@ -74,6 +75,7 @@ def read_pairs_file(path: str, cfg: PairsConfig) -> list[Pair]:
 
 
 def build_pairs(cfg: PairsConfig, ctx: Any = None) -> SplitDataset:
+    """Factory of the ``pairs`` dataset (one file split by seed, or one file per split)."""
     parts = _split_files(cfg, lambda p: read_pairs_file(p, cfg), lambda p: p.group)
     return SplitDataset("pairs", parts, info=_info(cfg, parts))
 
@@ -81,6 +83,7 @@ def build_pairs(cfg: PairsConfig, ctx: Any = None) -> SplitDataset:
 # -- texts --------------------------------------------------------------------------------------
 
 def read_texts_file(path: str, cfg: TextsConfig) -> list[str]:
+    """The unique non-empty texts of one .txt (one per line) or JSONL file."""
     fmt = detect_format(path, cfg.format)
     field = "text" if fmt == "txt" else cfg.text_field
     texts = unique_texts(clean_text(get_text(rec, field, path, line))
@@ -96,6 +99,7 @@ class TextsDataset(SplitDataset):
 
 
 def build_texts(cfg: TextsConfig, ctx: Any = None) -> TextsDataset:
+    """Factory of the ``texts`` dataset; each text is its own pair and group."""
     # group = the text itself (already unique per file)
     parts = _split_files(cfg, lambda p: read_texts_file(p, cfg), lambda t: t)
     parts = {s: unique_texts(parts[s]) for s in SPLITS}
@@ -114,6 +118,7 @@ def _label(value: Any, path: str, line: int, index: int) -> int:
 
 
 def read_selection_file(path: str, cfg: SelectionConfig) -> list[SelectionItem]:
+    """Answer-selection items (question, candidates, 0/1 labels) of one JSONL file."""
     items: list[SelectionItem] = []
     seen: set[tuple] = set()
     for line, rec in read_jsonl(path, cfg.encoding):
@@ -142,6 +147,7 @@ def read_selection_file(path: str, cfg: SelectionConfig) -> list[SelectionItem]:
 
 
 def build_selection(cfg: SelectionConfig, ctx: Any = None) -> SelectionDataset:
+    """Factory of the ``selection`` dataset; pairs are the questions with their correct candidates."""
     parts = _split_files(cfg, lambda p: read_selection_file(p, cfg), lambda it: question_key(it.question))
     group = {s: [question_key(it.question) for it in parts[s]] for s in SPLITS}
     pairs = {s: clean_pairs(Pair(it.question, c, "question:" + g)

@@ -102,6 +102,7 @@ class GenerativeDecoder:
     # -- construction ---------------------------------------------------------------------
     @property
     def trained(self) -> bool:
+        """Whether a model and tokenizer exist (fitted or loaded)."""
         return self.model is not None and self.tokenizer is not None
 
     def _make_model(self, vocab: int, emb_dim: int) -> torch.nn.Module:
@@ -119,6 +120,7 @@ class GenerativeDecoder:
         return m.to(self.device)
 
     def num_parameters(self) -> int:
+        """Parameters of the model (0 before it exists)."""
         return sum(p.numel() for p in self.model.parameters()) if self.model is not None else 0
 
     def _require(self) -> None:
@@ -307,6 +309,7 @@ class GenerativeDecoder:
         return [[t for t in texts[i * n:(i + 1) * n] if t] for i in range(emb.shape[0])]
 
     def decode(self, emb: torch.Tensor) -> list[str]:
+        """``emb [B, D]`` → B generated sentences (the configured generation strategy)."""
         if emb.shape[0] == 0:
             return []
         return self.generate(emb)
@@ -397,8 +400,10 @@ def _build(cfg, ctx) -> GenerativeDecoder:
 
 
 def build_ret(cfg, ctx) -> GenerativeDecoder:
+    """Factory of the ``ret`` decoder."""
     return _build(cfg, ctx)
 
 
 def build_cct_mamba(cfg, ctx) -> GenerativeDecoder:
+    """Factory of the ``cct-mamba`` decoder."""
     return _build(cfg, ctx)

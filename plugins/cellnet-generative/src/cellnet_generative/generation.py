@@ -16,6 +16,9 @@ from cellnet_generative.models import reorder_cache
 
 @dataclass
 class GenerationOptions:
+    """Token ids and settings of one generation call: begin/end token, length limit, sampling and
+    beam penalties."""
+
     bos: int
     eos: int
     max_new_tokens: int = 48

@@ -22,10 +22,15 @@ from cellnet_generative.decoder import GenerativeDecoder
 
 
 def default_bank(registry: Any) -> dict[str, Any]:
+    """The bank part's config when none is given: ``phrasebank`` when installed, else the core's
+    ``nearest``."""
     return {"name": "phrasebank"} if "phrasebank" in registry.names("decoder") else {"name": "nearest"}
 
 
 class HybridDecoder:
+    """Phrase-bank candidates plus generated ones, re-embedded by the teacher; the candidate closest
+    to the target embedding wins (see the module docstring)."""
+
     def __init__(self, cfg, ctx):
         if ctx is None or getattr(ctx, "encoder", None) is None:
             raise ConfigError("decoder 'hybrid' needs the run's teacher encoder (build it inside a pipeline, "
@@ -109,10 +114,13 @@ class HybridDecoder:
         return [[Candidate(t, s) for t, s in r[: (k or len(r))]] for r in order]
 
     def decode(self, emb: torch.Tensor) -> list[str]:
+        """``emb [B, D]`` → the winning candidate per row (``""`` where there is none)."""
         return [r[0].text if r else "" for r in self.candidates(emb, 1)]
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, directory: str | Path) -> list[Path]:
+        """Write the bank under ``bank/``, the generator under ``generator/`` and ``hybrid.json``;
+        return every file."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         files = list(self.bank.save(directory / "bank") or []) if hasattr(self.bank, "save") else []
@@ -122,6 +130,7 @@ class HybridDecoder:
         return [Path(f) for f in files] + [directory / "hybrid.json"]
 
     def load(self, directory: str | Path) -> None:
+        """Read what :meth:`save` wrote (a part whose folder is missing stays as it is)."""
         directory = Path(directory)
         if hasattr(self.bank, "load") and (directory / "bank").exists():
             self.bank.load(directory / "bank")
@@ -130,4 +139,5 @@ class HybridDecoder:
 
 
 def build_hybrid(cfg, ctx) -> HybridDecoder:
+    """Factory of the ``hybrid`` decoder (needs the run's teacher in ``ctx.encoder``)."""
     return HybridDecoder(cfg, ctx)

@@ -24,12 +24,15 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
+    """Root-mean-square normalisation over the last dimension, with a learned gain."""
+
     def __init__(self, d: int, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., d]`` scaled to unit RMS, times the gain."""
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
@@ -53,6 +56,7 @@ class Conditioner(nn.Module):
         self.proj = nn.Linear(emb_dim, prefix_len * d_model)
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        """``emb [B, D]`` → prefix vectors ``[B, P, d_model]``."""
         if self.normalize:
             emb = F.normalize(emb.float(), dim=-1)
         # the teacher embedding has unit norm: scale so each prefix vector starts at ~unit RMS
@@ -77,6 +81,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
+    """Causal multi-head self-attention with rotary positions and an optional KV cache."""
+
     def __init__(self, d: int, heads: int, dropout: float):
         super().__init__()
         self.heads, self.hd = heads, d // heads
@@ -107,6 +113,8 @@ class Attention(nn.Module):
 
 
 class SwiGLU(nn.Module):
+    """Gated feed-forward layer: ``down(silu(gate(x)) · up(x))``."""
+
     def __init__(self, d: int, hidden: int, dropout: float):
         super().__init__()
         self.gate_up = nn.Linear(d, 2 * hidden, bias=False)
@@ -114,11 +122,14 @@ class SwiGLU(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x):
+        """``x [B, T, d]`` → ``[B, T, d]``."""
         g, u = self.gate_up(x).chunk(2, dim=-1)
         return self.drop(self.down(F.silu(g) * u))
 
 
 class Block(nn.Module):
+    """Pre-norm transformer block: attention then SwiGLU, each residual."""
+
     def __init__(self, d: int, heads: int, ffn: int, dropout: float):
         super().__init__()
         self.n1, self.n2 = RMSNorm(d), RMSNorm(d)
@@ -126,6 +137,8 @@ class Block(nn.Module):
         self.ffn = SwiGLU(d, ffn, dropout)
 
     def forward(self, x, cos, sin, kv=None):
+        """``x [B, T, d]`` → ``(x', kv)``; ``cos``/``sin`` are the rotary tables, ``kv`` the cache
+        of earlier positions."""
         a, kv = self.attn(self.n1(x), cos, sin, kv)
         x = x + a
         return x + self.ffn(self.n2(x)), kv
@@ -179,16 +192,21 @@ class RetLM(nn.Module):
         return self.norm(x) @ self.tok.weight.T, new
 
     def forward(self, emb: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: ``emb [B, D]``, ``tokens [B, T]`` → next-token logits ``[B, T, V]``."""
         x = torch.cat([self.cond(emb), self.tok(tokens)], dim=1)
         logits, _ = self._run(x, 0, None)
         return logits[:, self.cond.prefix_len:]
 
     def prefill(self, emb: torch.Tensor, tokens: torch.Tensor):
+        """Run the prefix and ``tokens [B, T]``; return the last position's logits ``[B, V]`` and
+        the KV cache."""
         x = torch.cat([self.cond(emb), self.tok(tokens)], dim=1)
         logits, kv = self._run(x, 0, None)
         return logits[:, -1], {"kv": kv, "pos": x.shape[1]}
 
     def step(self, tokens: torch.Tensor, cache: dict):
+        """One decoding step: ``tokens [B]`` and the cache → logits ``[B, V]`` and the updated
+        cache."""
         logits, kv = self._run(self.tok(tokens)[:, None], cache["pos"], cache["kv"])
         return logits[:, -1], {"kv": kv, "pos": cache["pos"] + 1}
 
@@ -209,6 +227,7 @@ class CausalDepthwiseConv(nn.Module):
         self.conv = nn.Conv1d(channels, channels, kernel, groups=channels)
 
     def forward(self, x: torch.Tensor, buf: torch.Tensor | None = None):
+        """``x [B, T, C]`` (and the buffer) → ``(y [B, T, C], new buffer [B, k-1, C])``."""
         if buf is None:
             buf = x.new_zeros(x.shape[0], self.kernel - 1, x.shape[2])
         full = torch.cat([buf, x], dim=1)  # [B, k-1+T, C]
@@ -261,6 +280,7 @@ class MambaBlock(nn.Module):
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
     def forward(self, x: torch.Tensor, state: tuple | None = None):
+        """``x [B, T, d]`` and the optional ``(conv buffer, SSM state)`` → ``(x', new state)``."""
         conv_buf, h = (None, None) if state is None else state
         u, z = self.in_proj(self.norm(x)).chunk(2, dim=-1)
         u, conv_buf = self.conv(u, conv_buf)
@@ -281,6 +301,7 @@ class ConvFront(nn.Module):
         self.pw = nn.Linear(d, d, bias=False)
 
     def forward(self, x, buf=None):
+        """``x [B, T, d]`` and the conv buffer → ``(x', new buffer)``."""
         y, buf = self.dw(self.norm(x), buf)
         return x + self.pw(F.silu(y)), buf
 
@@ -313,15 +334,19 @@ class CctMambaLM(nn.Module):
         return self.norm(x) @ self.tok.weight.T, (fb, new)
 
     def forward(self, emb, tokens):
+        """Teacher forcing: ``emb [B, D]``, ``tokens [B, T]`` → next-token logits ``[B, T, V]``."""
         x = torch.cat([self.cond(emb), self.tok(tokens)], dim=1)
         logits, _ = self._run(x, None)
         return logits[:, self.cond.prefix_len:]
 
     def prefill(self, emb, tokens):
+        """Run the prefix and ``tokens [B, T]``; return the last position's logits ``[B, V]`` and
+        the recurrent state."""
         x = torch.cat([self.cond(emb), self.tok(tokens)], dim=1)
         logits, state = self._run(x, None)
         return logits[:, -1], state
 
     def step(self, tokens, state):
+        """One decoding step: ``tokens [B]`` and the state → logits ``[B, V]`` and the new state."""
         logits, state = self._run(self.tok(tokens)[:, None], state)
         return logits[:, -1], state

@@ -11,6 +11,7 @@ _IMPL = "cellnet_generative"
 
 @hookimpl
 def cellnet_register_components(registry) -> None:
+    """Register the ``ret``, ``cct-mamba``, ``prefix-lm`` and ``hybrid`` decoders."""
     registry.add("decoder", "ret", c.RetDecoderConfig, f"{_IMPL}.decoder:build_ret",
                  summary="tiny decoder-only transformer (RMSNorm, SwiGLU, RoPE, KV cache) conditioned "
                          "on the embedding through learned prefix vectors",

@@ -84,6 +84,8 @@ def base_fingerprint(folder: Path) -> dict[str, str]:
 
 
 def resolve_device(name: str, ctx: Any) -> torch.device:
+    """The decoder's device: ``auto`` follows the pipeline's (``ctx.device``, else CPU); CUDA where
+    there is none is a ConfigError."""
     if name == "auto":
         dev = getattr(ctx, "device", None) if ctx is not None else None
         return torch.device(dev) if dev is not None else torch.device("cpu")
@@ -120,6 +122,7 @@ class PrefixAdapter(nn.Module):
         self.gain = nn.Parameter(init_scale.detach().float().reshape(1, lm_dim).repeat(prefix_len, 1))
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        """``emb [B, D]`` → ``prefix_len`` vectors ``[B, P, lm_dim]`` at the LM's embedding scale."""
         x = F.normalize(emb, dim=-1) if self.normalize_input else emb
         h = self.out(F.gelu(self.inp(x))).view(emb.shape[0], self.prefix_len, self.lm_dim)
         return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * self.gain
@@ -148,6 +151,8 @@ class PrefixLMDecoder:
     # -- base model -------------------------------------------------------------------------
     @property
     def fingerprint(self) -> dict[str, str]:
+        """Identity of the frozen base model (read once from its folder); ``load`` refuses an
+        adapter saved for another."""
         if self._fingerprint is None:
             self._fingerprint = base_fingerprint(self.folder)
         return self._fingerprint
@@ -186,6 +191,7 @@ class PrefixLMDecoder:
 
     @property
     def trained(self) -> bool:
+        """Whether an adapter exists (fitted or loaded)."""
         return self.adapter is not None
 
     def num_parameters(self) -> int:
@@ -193,6 +199,7 @@ class PrefixLMDecoder:
         return sum(p.numel() for p in self.adapter.parameters()) if self.adapter is not None else 0
 
     def frozen_parameters(self) -> int:
+        """Parameters of the frozen base LM (loads it)."""
         self._load_lm()
         return sum(p.numel() for p in self.lm.parameters())
 
@@ -410,6 +417,7 @@ class PrefixLMDecoder:
         return out
 
     def decode(self, emb: torch.Tensor) -> list[str]:
+        """``emb [B, D]`` → B sentences written by the LM after the adapter's prefix."""
         if emb.shape[0] == 0:
             return []
         return self.generate(emb)
@@ -493,6 +501,7 @@ class PrefixLMDecoder:
 
 
 def build_prefix_lm(cfg: PrefixLMDecoderConfig, ctx: Any) -> PrefixLMDecoder:
+    """Factory of the ``prefix-lm`` decoder (embedding size, seed and device from ``ctx``)."""
     dim = getattr(ctx, "embedding_dim", None) if ctx is not None else None
     seed = getattr(ctx, "seed", 0) if ctx is not None else 0
     return PrefixLMDecoder(cfg, embedding_dim=dim, seed=seed or 0, device=resolve_device(cfg.device, ctx))

@@ -56,6 +56,8 @@ class ChunkedKernel:
         return got
 
     def step(self, state: torch.Tensor, field: torch.Tensor | None, cell: Any, topology: Any) -> torch.Tensor:
+        """One synchronous step computed in X-slabs with a 1-plane halo; ``state [B, X, Y, Z, C]``
+        in and out, equal to the fused step."""
         bsz, x, y, z, c = state.shape
         yz = y * z
         k = int(topology.offsets.shape[0])
@@ -113,6 +115,7 @@ class ChunkedKernel:
         return torch.cat(pieces, dim=1) if grad else out
 
     def clear(self) -> None:
+        """Drop the cached indices and scratch buffers."""
         self._fused.clear()
         self._scratch.clear()
 
@@ -121,4 +124,5 @@ class ChunkedKernel:
 
 
 def build_chunked(cfg, ctx) -> ChunkedKernel:
+    """Factory of the ``chunked`` kernel."""
     return ChunkedKernel(slab=cfg.slab, slab_cells=cfg.slab_cells)

@@ -88,6 +88,8 @@ class CompiledKernel:
         log.warning("kernel 'compiled': %s; running the 'fused' kernel instead", reason)
 
     def step(self, state: torch.Tensor, field: torch.Tensor | None, cell: Any, topology: Any) -> torch.Tensor:
+        """One step through the compiled function, or through ``fused`` where compiling is not
+        possible (reason logged once)."""
         fn = self._compiled_for(state.device.type)
         if fn is None:
             return self._fused.step(state, field, cell, topology)
@@ -106,4 +108,5 @@ class CompiledKernel:
 
 
 def build_compiled(cfg, ctx) -> CompiledKernel:
+    """Factory of the ``compiled`` kernel."""
     return CompiledKernel(mode=cfg.mode, dynamic=cfg.dynamic, recompile_limit=cfg.recompile_limit)

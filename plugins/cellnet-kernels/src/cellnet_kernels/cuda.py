@@ -34,6 +34,7 @@ _AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cuda_unavailable_reason() -> str | None:
+    """Why the ``cuda`` kernel cannot run here, or ``None`` when a CUDA device is available."""
     if not torch.cuda.is_available():
         build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no device"
         return (f"kernel 'cuda' needs a CUDA GPU, and torch.cuda.is_available() is False here "
@@ -84,6 +85,8 @@ class CudaKernel:
         return out.to(state.dtype)
 
     def step(self, state: torch.Tensor, field: torch.Tensor | None, cell: Any, topology: Any) -> torch.Tensor:
+        """One step on the GPU with autocast, replayed from a CUDA graph when no gradient is needed;
+        a CPU state is a clear error."""
         if state.device.type != "cuda":
             raise MissingDependencyError(
                 f"kernel 'cuda' got a state on '{state.device}'; put the pipeline on a GPU (device: cuda) "
@@ -128,4 +131,5 @@ class CudaKernel:
 
 
 def build_cuda(cfg, ctx) -> CudaKernel:
+    """Factory of the ``cuda`` kernel."""
     return CudaKernel(amp=cfg.amp, cuda_graphs=cfg.cuda_graphs, max_graphs=cfg.max_graphs)

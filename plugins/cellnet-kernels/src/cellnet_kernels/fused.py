@@ -294,6 +294,8 @@ class FusedKernel:
         self._buffers: dict[tuple, _Buffers] = {}
 
     def index(self, out_shape, topology, device, *, x_halo: bool = False, has_field: bool = False) -> torch.Tensor:
+        """The cached gather index ``[N·S]`` for this lattice shape, topology, halo and field
+        presence."""
         offs = topology.offsets.detach().to("cpu")
         key = (tuple(out_shape), tuple(map(tuple, offs.tolist())), topology.boundary, x_halo, has_field, str(device))
         idx = self._index.get(key)
@@ -305,6 +307,8 @@ class FusedKernel:
         return idx
 
     def step(self, state: torch.Tensor, field: torch.Tensor | None, cell: Any, topology: Any) -> torch.Tensor:
+        """One synchronous step: one index gather into a channels-last buffer, the cell's first
+        layer as one matmul; ``[B, X, Y, Z, C]`` in and out."""
         bsz, x, y, z, c = state.shape
         n = x * y * z
         k = int(topology.offsets.shape[0])
@@ -402,5 +406,6 @@ class FusedKernel:
 
 
 def build_fused(cfg, ctx) -> FusedKernel:
+    """Factory of the ``fused`` kernel."""
     return FusedKernel(reuse_buffers=cfg.reuse_buffers, block_cells=cfg.block_cells,
                        grad_slab_cells=cfg.grad_slab_cells)

@@ -10,6 +10,7 @@ _PKG = "cellnet_kernels"
 
 @hookimpl
 def cellnet_register_components(registry) -> None:
+    """Register the ``fused``, ``chunked``, ``compiled`` and ``cuda`` kernels."""
     registry.add("kernel", "fused", c.FusedKernelConfig, f"{_PKG}.fused:build_fused",
                  summary="channels-last fused step: one index gather into a reused buffer, first layer "
                          "as one matmul (CPU and GPU)")

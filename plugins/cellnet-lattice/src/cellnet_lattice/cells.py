@@ -56,6 +56,8 @@ class Cell(nn.Module):
         return b * torch.tanh(raw / b) if b > 0 else raw
 
     def raw_delta(self, neigh: torch.Tensor, own: torch.Tensor, inp: torch.Tensor | None) -> torch.Tensor:
+        """The unbounded update ``[..., C]`` from ``neigh [..., K, C]``, ``own [..., C]`` and ``inp
+        [..., C] | None``; subclasses implement it."""
         raise NotImplementedError
 
     def forward(self, neigh: torch.Tensor, own: torch.Tensor, inp: torch.Tensor | None = None) -> torch.Tensor:
@@ -63,6 +65,7 @@ class Cell(nn.Module):
         return self.bound(self.raw_delta(neigh, own, inp))
 
     def extra_repr(self) -> str:
+        """Sizes shown by ``repr(cell)``."""
         return f"C={self.channels}, K={self.k}, H={self.hidden}, delta_bound={self.delta_bound}"
 
 
@@ -84,6 +87,8 @@ class MLPCell(Cell):
         nn.init.zeros_(self.fc2.bias)
 
     def raw_delta(self, neigh, own, inp):
+        """``fc2(relu(fc1(concat(neigh, own, inp))))``; without ``inp`` its input columns are
+        skipped."""
         x = torch.cat([neigh.flatten(-2), own] + ([inp] if inp is not None else []), dim=-1)
         h = self.fc1(x) if inp is not None else _linear_without_tail(self.fc1, x, x.shape[-1])
         return self.fc2(torch.relu(h))
@@ -106,6 +111,8 @@ class GatedMLPCell(Cell):
         nn.init.zeros_(self.out.bias)
 
     def raw_delta(self, neigh, own, inp):
+        """Project each neighbour, mix the K neighbours' gates spatially, average over K, add the
+        own/input projection; ``[..., C]``."""
         u, v = F.gelu(self.proj(neigh)).chunk(2, dim=-1)  # [..., K, H] each
         v = torch.einsum("jk,...kh->...jh", self.mix, v) + self.mix_bias.unsqueeze(-1)
         g = (u * v).mean(dim=-2)  # [..., H]
@@ -143,6 +150,8 @@ class NCACell(Cell):
         return p.flatten(-2)
 
     def raw_delta(self, neigh, own, inp):
+        """Depthwise perception of the neighbourhood, then ``fc2(relu(fc1(concat(perception,
+        inp))))``."""
         p = self.perceive(neigh, own)
         if inp is not None:
             h = self.fc1(torch.cat([p, inp], dim=-1))
@@ -151,6 +160,7 @@ class NCACell(Cell):
         return self.fc2(torch.relu(h))
 
     def extra_repr(self) -> str:
+        """Sizes shown by ``repr(cell)``, with the number of perception filters."""
         return super().extra_repr() + f", filters={self.filters}"
 
 

@@ -133,6 +133,7 @@ class ContextPlanesReshaper(nn.Module):
         return {"adapters_in": ins, "adapter_out": out, "adapters": ins + out}
 
     def extra_repr(self) -> str:
+        """Shape, slots, planes and the read plane, shown by ``repr(reshaper)``."""
         return (f"shape={list(self.shape)}, C={self.channels}, slots={self.context_slots}, "
                 f"planes z={self.planes}, read slot {self.read} (z={self.planes[self.read]}), adapter={self.adapter}")
 
@@ -169,6 +170,8 @@ def steps_to_read(shape: Sequence[int], planes: Sequence[int], read: int, bounda
 
 
 def build_context_planes(cfg: Any, ctx: Any) -> ContextPlanesReshaper:
+    """Factory of the ``context-planes`` reshaper; warns when the lattice has too few steps for the
+    oldest turn to reach the read plane."""
     r = ContextPlanesReshaper(ctx.embedding_dim, cfg.shape, cfg.channels, cfg.slots, cfg.planes, cfg.read,
                               cfg.adapter, seed=getattr(ctx, "seed", 0) or 0)
     core = getattr(getattr(ctx, "config", None), "core", None)

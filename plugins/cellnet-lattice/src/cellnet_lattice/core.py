@@ -187,11 +187,14 @@ class LatticeCore(nn.Module):
         w.copy_(new.clamp(p.min_weight, p.max_weight))
 
     def extra_repr(self) -> str:
+        """Shape, steps, injection, kernel, topology and edge weights, shown by ``repr(core)``."""
         return (f"shape={list(self.shape)}, C={self.channels}, steps={self.steps}, injection={self.injection}, "
                 f"kernel={self.kernel_name}, topology={self.topology}, edge_weights={self.edge_weights}")
 
 
 def build_lattice(cfg, ctx) -> LatticeCore:
+    """Factory of the ``lattice`` core: topology, cell and kernel (``auto`` chosen for the device)
+    from the config and ``ctx.reshaper``."""
     reshaper = getattr(ctx, "reshaper", None)
     if reshaper is None:
         from cellnet_core.errors import ConfigError

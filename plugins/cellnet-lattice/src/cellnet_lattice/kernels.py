@@ -16,6 +16,8 @@ class ReferenceKernel:
     name = "reference"
 
     def step(self, state: torch.Tensor, field: torch.Tensor | None, cell, topology) -> torch.Tensor:
+        """``state + cell(topology.gather(state), state, field)``: one synchronous step, ``[B, X, Y,
+        Z, C]`` in and out."""
         return state + cell(topology.gather(state), state, field)
 
     def __repr__(self) -> str:
@@ -23,4 +25,5 @@ class ReferenceKernel:
 
 
 def build_reference(cfg, ctx) -> ReferenceKernel:
+    """Factory of the ``reference`` kernel."""
     return ReferenceKernel()

@@ -53,6 +53,8 @@ class ScoreReadout(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, state: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``state [N, X, Y, Z, C]`` (and ``mask [N, X, Y, Z]``) → scores ``[N]`` from the masked
+        mean and max over cells."""
         N, C = state.shape[0], state.shape[-1]
         flat = state.reshape(N, -1, C)
         if mask is None:
@@ -166,6 +168,7 @@ class PairFacesReshaper(_PairReshaper):
         return _cosine(inputs["q"], inputs["c"]) + self.readout(state)
 
     def extra_repr(self) -> str:
+        """Shape, faces and adapter, shown by ``repr(reshaper)``."""
         return f"shape={list(self.shape)}, C={self.channels}, q {self.q_face}, c {self.c_face}, adapter={self.adapter}"
 
 
@@ -221,10 +224,12 @@ class InteractionGridReshaper(_PairReshaper):
         self.idf.copy_(idf.to(self.idf.device))
 
     def to_field(self, emb: torch.Tensor) -> torch.Tensor:
+        """Not available: this reshaper scores (question, candidate) pairs; raises ConfigError."""
         raise ConfigError("reshaper 'interaction-grid' scores (question, candidate) pairs; it has no "
                           "single-embedding field (use Pipeline.score_pairs)")
 
     def from_state(self, state: torch.Tensor) -> torch.Tensor:
+        """Not available: this reshaper reads a score, not an embedding; raises ConfigError."""
         raise ConfigError("reshaper 'interaction-grid' scores (question, candidate) pairs; it reads no embedding")
 
     def _pad(self, rows: list[tuple[torch.Tensor, torch.Tensor]], length: int, device: Any
@@ -280,6 +285,7 @@ class InteractionGridReshaper(_PairReshaper):
         return _cosine(inputs["q"], inputs["c"]) + self.readout(state, self.mask(inputs))
 
     def extra_repr(self) -> str:
+        """Grid size, channels, features and projection, shown by ``repr(reshaper)``."""
         proj = self.projection.out_features if self.projection is not None else 0
         return f"grid {self.shape[0]}×{self.shape[1]}×{self.shape[2]}, C={self.channels}, " \
                f"features={list(self.features)}, projection={proj}"
@@ -299,9 +305,11 @@ class PairMLPReshaper(_PairReshaper):
         nn.init.zeros_(self.mlp[2].bias)
 
     def to_field(self, emb: torch.Tensor) -> torch.Tensor:
+        """Not available: this reshaper scores (question, candidate) pairs; raises ConfigError."""
         raise ConfigError("reshaper 'pair-mlp' scores (question, candidate) pairs (use Pipeline.score_pairs)")
 
     def from_state(self, state: torch.Tensor) -> torch.Tensor:
+        """Not available: this reshaper scores (question, candidate) pairs; raises ConfigError."""
         raise ConfigError("reshaper 'pair-mlp' scores (question, candidate) pairs (use Pipeline.score_pairs)")
 
     def pair_inputs(self, pipeline: Any, questions: Sequence[str], candidates: Sequence[str]) -> dict[str, Any]:
@@ -338,6 +346,8 @@ class ConvGridCore(nn.Module):
         self.last_steps = layers
 
     def forward(self, field: torch.Tensor) -> torch.Tensor:
+        """``field [N, X, Y, Z, C]`` → ``[N, X, Y, Z, C]`` after the residual 2D conv blocks on each
+        z plane."""
         N, X, Y, Z, C = field.shape
         x = field.permute(0, 3, 4, 1, 2).reshape(N * Z, C, X, Y)
         for block in self.blocks:
@@ -357,6 +367,8 @@ def _warn_steps(cfg: Any, ctx: Any, needed: int, what: str) -> None:
 
 
 def build_pair_faces(cfg, ctx) -> PairFacesReshaper:
+    """Factory of the ``pair-faces`` reshaper; warns when the lattice has too few steps to cross
+    between the faces."""
     r = PairFacesReshaper(ctx.embedding_dim, cfg.shape, cfg.channels, cfg.q_face, cfg.adapter, cfg.shared,
                           cfg.readout_hidden, seed=getattr(ctx, "seed", 0) or 0)
     axis = "xyz".index(cfg.q_face[0])
@@ -365,14 +377,17 @@ def build_pair_faces(cfg, ctx) -> PairFacesReshaper:
 
 
 def build_interaction_grid(cfg, ctx) -> InteractionGridReshaper:
+    """Factory of the ``interaction-grid`` reshaper."""
     return InteractionGridReshaper(ctx.embedding_dim, cfg.shape, cfg.channels, cfg.features, cfg.projection,
                                    cfg.readout_hidden, seed=getattr(ctx, "seed", 0) or 0)
 
 
 def build_pair_mlp(cfg, ctx) -> PairMLPReshaper:
+    """Factory of the ``pair-mlp`` baseline reshaper."""
     return PairMLPReshaper(ctx.embedding_dim, cfg.hidden)
 
 
 def build_conv_grid(cfg, ctx) -> ConvGridCore:
+    """Factory of the ``conv-grid`` baseline core (shape and channels from ``ctx.reshaper``)."""
     r = ctx.reshaper
     return ConvGridCore(tuple(r.shape), int(r.channels), cfg.hidden, cfg.layers, cfg.kernel_size)

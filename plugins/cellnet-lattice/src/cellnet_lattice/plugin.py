@@ -10,6 +10,7 @@ _PKG = "cellnet_lattice"
 
 @hookimpl
 def cellnet_register_components(registry) -> None:
+    """Register the ``lattice`` core, the ``reference`` kernel, the reshapers and the pair scorers."""
     registry.add("core", "lattice", c.LatticeCoreConfig, f"{_PKG}.core:build_lattice",
                  summary="3D cellular lattice: T synchronous steps of a learned cell (mlp, gmlp, nca) "
                          "over a 6/18/26-neighbourhood")

@@ -28,6 +28,7 @@ def _parse_face(face: str) -> tuple[int, int]:
 
 
 def opposite_face(face: str) -> str:
+    """``"z=0"`` → ``"z=-1"`` and back: the face across the lattice on the same axis."""
     axis, pos = face.split("=")
     return f"{axis}={'-1' if pos == '0' else '0'}"
 
@@ -117,6 +118,7 @@ class SurfaceReshaper(nn.Module):
 
     @property
     def num_cells(self) -> int:
+        """X·Y·Z."""
         return self.shape[0] * self.shape[1] * self.shape[2]
 
     def to_field(self, emb: torch.Tensor) -> torch.Tensor:
@@ -133,6 +135,8 @@ class SurfaceReshaper(nn.Module):
         return self.adapter_out(pts.reshape(B, -1))
 
     def extra_repr(self) -> str:
+        """Shape, channels and the input/output faces with their point counts, shown by
+        ``repr(reshaper)``."""
         return (f"shape={list(self.shape)}, C={self.channels}, in {self.in_face}: {len(self.in_index)} points, "
                 f"out {self.out_face}: {len(self.out_index)} points")
 
@@ -150,9 +154,11 @@ class VolumeReshaper(nn.Module):
         self.proj_out = nn.Linear(size, self.out_dim)
 
     def to_field(self, emb: torch.Tensor) -> torch.Tensor:
+        """``emb [B, D]`` → ``field [B, X, Y, Z, C]`` by one learned linear map."""
         return self.proj_in(emb).reshape(emb.shape[0], *self.shape, self.channels)
 
     def from_state(self, state: torch.Tensor) -> torch.Tensor:
+        """``state [B, X, Y, Z, C]`` → ``[B, out_dim]`` by one learned linear map."""
         return self.proj_out(state.reshape(state.shape[0], -1))
 
 
@@ -217,22 +223,27 @@ class PermutedReshaper(nn.Module):
             self._set_ranking(torch.argsort(embs.float().var(0), descending=True, stable=True))
 
     def to_field(self, emb: torch.Tensor) -> torch.Tensor:
+        """``emb [B, D]`` → ``field [B, X, Y, Z, C]``: the dims placed by the fixed permutation."""
         return emb.index_select(1, self.perm).reshape(emb.shape[0], *self.shape, self.channels)
 
     def from_state(self, state: torch.Tensor) -> torch.Tensor:
+        """``state [B, X, Y, Z, C]`` → ``[B, D]`` by the inverse permutation (exact)."""
         return state.reshape(state.shape[0], -1).index_select(1, self.inverse)
 
 
 def build_surface(cfg, ctx) -> SurfaceReshaper:
+    """Factory of the ``surface`` reshaper (D from the encoder)."""
     return SurfaceReshaper(ctx.embedding_dim, cfg.shape, cfg.channels, cfg.placement, cfg.fraction,
                            cfg.in_face, cfg.out_face, cfg.out_dim, seed=getattr(ctx, "seed", 0) or 0,
                            init=cfg.init)
 
 
 def build_volume(cfg, ctx) -> VolumeReshaper:
+    """Factory of the ``volume`` reshaper."""
     return VolumeReshaper(ctx.embedding_dim, cfg.shape, cfg.channels, cfg.out_dim)
 
 
 def build_permuted(cfg, ctx) -> PermutedReshaper:
+    """Factory of the ``permuted`` reshaper."""
     return PermutedReshaper(ctx.embedding_dim, cfg.shape, cfg.channels, cfg.placement, cfg.importance,
                             seed=getattr(ctx, "seed", 0) or 0)

@@ -117,6 +117,7 @@ class Topology:
 
     @property
     def device(self) -> torch.device:
+        """Device of the neighbour index tensors."""
         return self._device
 
     def to(self, device: torch.device | str) -> "Topology":

@@ -114,13 +114,17 @@ class PhrasebankDecoder:
 
     @property
     def index_kind(self) -> str:
+        """The FAISS index type in use: ``flat``, ``ivf`` or ``hnsw``."""
         return self.bank.kind
 
     @property
     def meta(self) -> dict[str, Any]:
+        """Index facts (type, size, build time, recall@1) with the number of texts and the decode
+        method."""
         return {**self.bank.meta, "texts": len(self.texts), "method": self.cfg.method}
 
     def clear_cache(self) -> None:
+        """Forget the cached decode results (done whenever the bank changes)."""
         self._cache.clear()
 
     # -- building --------------------------------------------------------------------------

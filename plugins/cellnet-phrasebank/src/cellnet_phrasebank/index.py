@@ -75,6 +75,7 @@ class IndexParams:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "IndexParams":
+        """The index settings of a phrase-bank config."""
         return cls(**{f: getattr(cfg, f) for f in cls.__dataclass_fields__})
 
 
@@ -92,14 +93,18 @@ class PhraseIndex:
     # -- properties ------------------------------------------------------------------------
     @property
     def ntotal(self) -> int:
+        """Number of vectors in the index."""
         return 0 if self.index is None else int(self.index.ntotal)
 
     @property
     def dim(self) -> int | None:
+        """Vector size of the index (``None`` before it exists)."""
         return None if self.index is None else int(self.index.d)
 
     # -- building --------------------------------------------------------------------------
     def resolve_kind(self, n: int) -> str:
+        """The index type for ``n`` vectors: the configured one, or with ``auto`` exact ``flat``
+        below ``exact_below`` and the approximate type above."""
         p = self.params
         if p.index != "auto":
             return p.index
@@ -172,6 +177,7 @@ class PhraseIndex:
         return self.index.reconstruct_batch(ids)
 
     def all_vectors(self) -> np.ndarray:
+        """Every stored vector ``[N, D]`` (float32)."""
         return self.index.reconstruct_n(0, self.ntotal)
 
     # -- recall ----------------------------------------------------------------------------
@@ -182,6 +188,8 @@ class PhraseIndex:
             self.index.hnsw.efSearch = int(value)
 
     def search_param(self) -> dict[str, int]:
+        """The search-time settings of the index (IVF ``nlist``/``nprobe``, HNSW
+        ``M``/``efSearch``)."""
         if self.kind == "ivf":
             return {"nlist": int(self.index.nlist), "nprobe": int(self.index.nprobe)}
         if self.kind == "hnsw":
@@ -254,6 +262,8 @@ class PhraseIndex:
         return path
 
     def load(self, directory: Path, meta: dict[str, Any]) -> None:
+        """Read the FAISS index from ``directory`` with its ``meta``; a missing or damaged file is a
+        CheckpointError."""
         path = directory / INDEX_FILE
         if not path.exists():
             raise CheckpointError(f"{path}: missing (the phrase bank's FAISS index)")

@@ -35,6 +35,9 @@ def orthogonal_projection(d_in: int, d_out: int, seed: int) -> torch.Tensor:
 
 
 class EnsembleEncoder(Teacher):
+    """Several teachers as one encoder: their L2-normalised embeddings concatenated (weighted), or
+    averaged after seeded orthogonal projections to a common size; then the shared preprocessing."""
+
     def __init__(self, teachers: list[Any], *, combine: str = "concat", dim: int | None = None,
                  weights: list[float] | None = None, seed: int = 0, normalize: bool = True,
                  preprocess: str = "none", pca_dim: int | None = None, cache_dir: str | Path | None = None):
@@ -57,6 +60,7 @@ class EnsembleEncoder(Teacher):
 
     @property
     def base_fingerprint(self) -> str:  # type: ignore[override] - teachers' fingerprints change when fitted
+        """The members' fingerprints, the weights, the combination and a hash of the projections."""
         parts = "+".join(f"[{t.fingerprint}]" for t in self.teachers)
         w = ",".join(f"{x:.6g}" for x in self.weights.tolist())
         proj = ""
@@ -68,6 +72,7 @@ class EnsembleEncoder(Teacher):
         return f"ensemble:{self.combine}:dim={self.base_dim}:w={w}:norm={self.normalize}{proj}:{parts}"
 
     def base_encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """``texts`` → ``[B, D]``: each member's cached embedding, normalised, combined."""
         texts = list(texts)
         outs = [torch.nn.functional.normalize(c.encode(texts).float(), dim=-1) for c in self._cached]
         if self.combine == "concat":
@@ -79,6 +84,7 @@ class EnsembleEncoder(Teacher):
         return out
 
     def fit_preprocessing(self, texts_or_embeddings: Sequence[str] | torch.Tensor) -> "EnsembleEncoder":
+        """Fit each member's own preprocessing on the texts, then the ensemble's; returns ``self``."""
         if not isinstance(texts_or_embeddings, torch.Tensor):
             for t in self.teachers:  # teachers with their own preprocessing fit on the same texts
                 if hasattr(t, "fit"):
@@ -87,6 +93,8 @@ class EnsembleEncoder(Teacher):
         return self
 
     def save(self, directory: Path) -> list[Path]:
+        """Write the preprocessing, the projections and each fitted member (``teacher<i>/``); return
+        the files."""
         from cellnet_core.checkpoint import save_tensors
 
         directory = Path(directory)
@@ -103,6 +111,7 @@ class EnsembleEncoder(Teacher):
         return files
 
     def load(self, directory: Path) -> None:
+        """Read what :meth:`save` wrote."""
         from cellnet_core.checkpoint import load_tensors
 
         directory = Path(directory)
@@ -123,6 +132,8 @@ class EnsembleEncoder(Teacher):
 
 
 def build_ensemble(cfg: Any, ctx: Any) -> EnsembleEncoder:
+    """Factory of the ``ensemble`` encoder: builds each member from ``encoders`` through the
+    registry."""
     from cellnet_core.pipeline import BuildContext
 
     if ctx is None:

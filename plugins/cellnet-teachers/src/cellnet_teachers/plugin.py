@@ -11,6 +11,7 @@ _HF = "cellnet_teachers.hf"
 
 @hookimpl
 def cellnet_register_components(registry) -> None:
+    """Register the ``hf``, ``minilm``, ``smollm2`` and ``ensemble`` encoders."""
     registry.add("encoder", "hf", c.HFEncoderConfig, f"{_HF}:build_hf",
                  summary="any Hugging Face encoder or causal LM from a local folder; mean/cls/max/last pooling",
                  requires=("transformers",), install_hint="pip install transformers")

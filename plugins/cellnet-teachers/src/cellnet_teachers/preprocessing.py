@@ -39,13 +39,16 @@ class Preprocessor:
 
     @property
     def needs_fit(self) -> bool:
+        """Whether the method has parameters to fit (every method but ``none``)."""
         return self.method != "none"
 
     @property
     def fitted(self) -> bool:
+        """Whether :meth:`apply` can run (fitted, or nothing to fit)."""
         return not self.needs_fit or self.mean is not None
 
     def out_dim(self, in_dim: int) -> int:
+        """Embedding size after preprocessing of ``in_dim``-wide inputs."""
         if self.method in ("pca", "whiten") and self.pca_dim is not None:
             return self.pca_dim
         return in_dim
@@ -83,6 +86,8 @@ class Preprocessor:
         return self
 
     def apply(self, emb: torch.Tensor) -> torch.Tensor:
+        """``emb [N, D0]`` → ``[N, D]`` with the fitted parameters; NotFittedError before
+        :meth:`fit`."""
         if not self.needs_fit:
             return emb
         if self.mean is None:
@@ -109,6 +114,7 @@ class Preprocessor:
         return f"{self.method}:{self.out_dim(self.mean.shape[0])}:{h.hexdigest()[:16]}"
 
     def tensors(self) -> dict[str, torch.Tensor]:
+        """The fitted parameters by name (``mean``, ``matrix``) for saving."""
         out = {}
         if self.mean is not None:
             out["mean"] = self.mean
@@ -117,6 +123,8 @@ class Preprocessor:
         return out
 
     def set_tensors(self, tensors: dict[str, torch.Tensor], source: str, in_dim: int) -> None:
+        """Load fitted parameters, checking their shapes against ``in_dim``; a mismatch is a
+        CheckpointError naming ``source``."""
         mean, matrix = tensors.get("mean"), tensors.get("matrix")
         if mean is None or mean.shape != (in_dim,):
             raise CheckpointError(f"{source}: preprocessing 'mean' missing or not of size {in_dim}")
@@ -148,16 +156,19 @@ class Teacher:
 
     @property
     def dim(self) -> int:
+        """Output size D (after preprocessing)."""
         return self.pre.out_dim(self.base_dim)
 
     @property
     def fingerprint(self) -> str:
+        """Cache key: the model's fingerprint plus, when fitted preprocessing is used, its digest."""
         fp = self.base_fingerprint
         if self.pre.needs_fit:
             fp += f"|pre={self.pre.digest()}|norm={self.normalize}"
         return fp
 
     def base_encode(self, texts: Sequence[str]) -> torch.Tensor:  # pragma: no cover - abstract
+        """``texts`` → ``[B, D0]`` from the model, before preprocessing; subclasses implement it."""
         raise NotImplementedError
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
@@ -185,6 +196,8 @@ class Teacher:
         return self.fit_preprocessing(texts)
 
     def fit_preprocessing(self, texts_or_embeddings: Sequence[str] | torch.Tensor) -> "Teacher":
+        """Fit the preprocessing on training texts (encoded here) or on base embeddings ``[N, D0]``;
+        returns ``self``."""
         if not self.pre.needs_fit:
             return self
         if isinstance(texts_or_embeddings, torch.Tensor):
@@ -214,6 +227,7 @@ class Teacher:
         return [path]
 
     def load(self, directory: Path) -> None:
+        """Read the fitted preprocessing written by ``save`` from ``directory``."""
         from safetensors import safe_open
 
         from cellnet_core.checkpoint import load_tensors

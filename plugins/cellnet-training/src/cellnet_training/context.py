@@ -115,6 +115,7 @@ class ContextStrategy(_GradientStrategy):
     label = "context"
 
     def prepare(self, pipeline: Any, data: Any, run: Any):
+        """Training and validation tensors of the dataset's k-turn context items."""
         return context_sets(pipeline, data, self.cfg, turns_for(pipeline, self.cfg))
 
 
@@ -127,6 +128,7 @@ class LastTurn(nn.Module):
         self.dim = int(dim)
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
+        """``q [B, k·D]`` → its last ``D`` columns."""
         return q[:, -self.dim:]
 
 
@@ -142,6 +144,7 @@ class ContextMLP(nn.Module):
         nn.init.zeros_(self.fc2.bias)
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
+        """``q [B, k·D]`` → ``[B, D]``: the last turn plus the learned correction."""
         return q[:, -self.dim:] + self.fc2(nn.functional.gelu(self.fc1(q)))
 
 
@@ -151,4 +154,5 @@ def mlp_hidden_for(n_params: int, turns: int, dim: int) -> int:
 
 
 def build_context(cfg, ctx=None) -> ContextStrategy:
+    """Factory of the ``context`` strategy."""
     return ContextStrategy(cfg)

@@ -116,6 +116,8 @@ class ListwiseStrategy:
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, pipeline: Any, data: Any, run: Any) -> TrainResult:
+        """Train the pipeline's pair scorer on the dataset's answer-selection items; keeps the epoch
+        with the best validation MAP."""
         cfg = self.cfg
         t_start = time.perf_counter()
         if not pipeline.scores_pairs:
@@ -271,4 +273,5 @@ class ListwiseStrategy:
 
 
 def build_listwise(cfg, ctx) -> ListwiseStrategy:
+    """Factory of the ``listwise`` strategy."""
     return ListwiseStrategy(cfg)
