@@ -55,6 +55,12 @@ class ComponentConfig(BaseModel):
         cheap: no model loading, no torch import. The default checks nothing.
         """
 
+    def embedding_dim(self) -> int | None:
+        """An encoder config that knows its embedding size D without loading a model returns it,
+        so that other sections' :meth:`check_run` can check sizes at validation time (e.g. the
+        ``flat`` reshaper: X·Y·Z·C must equal D). Default: None (known only once built)."""
+        return None
+
 
 def registered_name(kind: str, *, extra: tuple[str, ...] = ()) -> Any:
     """A ``str`` field that must name a registered component of ``kind`` (or one of ``extra``).

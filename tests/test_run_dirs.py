@@ -265,3 +265,13 @@ def test_data_parallel_workers_share_one_partial_directory(lattice_cfg, tmp_path
     assert api.load_run(run, warn=False).config.training.epochs == 3
     r = _cli("train", str(lattice_cfg), "--run-dir", str(run), "--nproc", "2", cwd=tmp_path)
     assert r.returncode == 2 and "not empty" in r.stderr
+
+
+@pytest.mark.parametrize("sets,needle", [
+    (["reshaper.channels=3"], "reshaper.channels: 3 does not divide the embedding size 256 of encoder 'hashing'"),
+    (["reshaper.shape=[4,4,4]", "reshaper.channels=2"], "= 128, but encoder 'hashing' gives 256 dims"),
+])
+def test_validate_catches_a_reshaper_that_does_not_fit_the_teacher(greet, sets, needle):
+    r = _cli("validate", str(greet), *[a for s in sets for a in ("--set", s)])
+    assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert main(["validate", str(greet), "--set", "reshaper.shape=[4,4,4]", "--set", "reshaper.channels=4"]) == 0
