@@ -69,7 +69,8 @@ def _config(reg, reshaper: dict, core: dict, train_cfg: dict, limit: int | None,
 
     if dialogue:  # same epochs and early stopping; the dialogue strategy's own loss and batch
         training = {"name": "dialogue", "fit_decoder": False, "plots": False, "loss": "infonce",
-                    "epochs": train_cfg["epochs"], "early_stopping": train_cfg["early_stopping"]}
+                    "epochs": train_cfg["epochs"], "early_stopping": train_cfg["early_stopping"],
+                    "max_val_questions": train_cfg.get("max_val_questions", 2000)}
         data = {"name": "squad", **({"max_pairs": limit} if limit else {})}
     else:
         training = {"name": "listwise", "fit_decoder": False, "max_train_questions": limit, **train_cfg}
@@ -200,7 +201,8 @@ def render(runs: list[dict], ident: list[float], args, n_test: int, split: dict,
         f"strategy ({args.epochs} epochs at most, 2 in-batch negatives per question, early stopping after 2 "
         f"epochs without gain in validation MAP, epoch 0 = the untrained scorer = identity). Test MAP on {n_test} test questions, mean ± sd over the seeds of each row (one "
         f"best epoch per seed); the intervals are paired bootstraps (5,000 resamples) of per-question AP "
-        f"averaged over seeds. Training questions: {args.limit or 'all'}.", "",
+        f"averaged over seeds. Training questions: {args.limit or 'all'}; validation questions: "
+        f"{min(args.max_val, split['val'])}.", "",
         "| variant | what | params: lattice/core · readout · adapters | best epochs | val MAP | test MAP | "
         "vs identity | vs its baseline |",
         "|---|---|---|---|---|---|---|---|",
@@ -227,6 +229,9 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--limit", type=int, default=None, help="training questions (default: all)")
     ap.add_argument("--only", default="", help="comma-separated variants (default: all)")
+    ap.add_argument("--max-val", type=int, default=2000, help="validation questions (early stopping)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="listwise learning rate")
+    ap.add_argument("--batch", type=int, default=32, help="listwise questions per step")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "tasks.md"))
     ap.add_argument("--merge", nargs="*", default=None, metavar="JSON",
                     help="only render: the runs of these .json files (written by earlier invocations with the same "
@@ -254,6 +259,10 @@ def main(argv=None) -> int:
     ident = identity_aps(reg, data)
     print(f"identity test MAP {statistics.mean(ident):.4f}", file=sys.stderr, flush=True)
     train_cfg = {"epochs": args.epochs, "in_batch": 2, "early_stopping": 2}
+    if args.max_val != 2000:
+        train_cfg["max_val_questions"] = args.max_val
+    if args.lr != 1e-3 or args.batch != 32:
+        train_cfg.update({"lr": args.lr, "batch_size": args.batch})
     runs = []
     raw_path = Path(args.out).with_suffix(".json")
     settings = {"epochs": args.epochs, "limit": args.limit, "train": train_cfg}

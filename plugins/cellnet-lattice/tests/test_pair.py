@@ -235,3 +235,15 @@ def test_eval_of_a_selection_file_ranks_by_the_pair_scores(registry, tmp_path):
         r.readout.out.bias.fill_(0.0)
         r.readout.out.weight.normal_()  # a different scorer may rank differently; the row is its own
     assert evaluate_selection(pipe, items)["rows"][0]["name"] == "run"
+
+
+def test_grid_pooling_measures_how_much_of_the_question_is_covered():
+    from cellnet_lattice.pair import pool_grid
+
+    state = torch.zeros(1, 3, 4, 1, 1)
+    state[0, 0, 2, 0, 0] = 1.0  # question token 0 matches candidate token 2; token 1 matches nothing
+    state[0, 2, 3, 0, 0] = 5.0  # outside the texts: must not count
+    mask = torch.zeros(1, 3, 4, 1, dtype=torch.bool)
+    mask[0, :2, :3] = True  # 2 question tokens × 3 candidate tokens
+    mean, top, cover = pool_grid(state, mask)[0].tolist()
+    assert cover == pytest.approx(0.5) and top == 1.0 and mean == pytest.approx(1 / 6)

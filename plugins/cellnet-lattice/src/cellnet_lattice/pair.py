@@ -39,32 +39,54 @@ from cellnet_lattice.reshapers import face_points
 log = logging.getLogger("cellnet_lattice")
 
 
+def _masked_mean_max(flat: torch.Tensor, m: torch.Tensor | None, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and max of ``flat`` over ``dim`` where ``m`` (same shape, last axis 1) is 1."""
+    if m is None:
+        return flat.mean(dim), flat.amax(dim)
+    m = m.to(flat.dtype)
+    mean = (flat * m).sum(dim) / m.sum(dim).clamp_min(1.0)
+    top = flat.masked_fill(m == 0, float("-inf")).amax(dim)
+    return mean, torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+
+
 class ScoreReadout(nn.Module):
-    """``state [N, X, Y, Z, C]`` (+ optional cell mask ``[N, X, Y, Z]``) → score ``[N]``.
+    """Pooled state features ``[N, F]`` → score ``[N]``: ``Linear(F, 1)`` (a linear skip) plus
+    ``Linear(F, H)`` → GELU → ``Linear(H, 1)``. Both output layers start at zero, so an untrained
+    readout adds nothing; the skip learns a plain weighting of the pooled channels (e.g. an
+    idf-weighted overlap) in a few steps, the MLP what is not linear."""
 
-    Masked mean and max over cells ``[N, 2C]`` → ``Linear(2C, H)`` → GELU → ``Linear(H, 1)``; the
-    last layer starts at zero, so an untrained readout adds nothing."""
-
-    def __init__(self, channels: int, hidden: int = 32):
+    def __init__(self, features: int, hidden: int = 32):
         super().__init__()
-        self.hidden = nn.Linear(2 * channels, hidden)
+        self.skip = nn.Linear(features, 1)
+        self.hidden = nn.Linear(features, hidden)
         self.out = nn.Linear(hidden, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        for layer in (self.skip, self.out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
-    def forward(self, state: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``state [N, X, Y, Z, C]`` (and ``mask [N, X, Y, Z]``) → scores ``[N]`` from the masked
-        mean and max over cells."""
-        N, C = state.shape[0], state.shape[-1]
-        flat = state.reshape(N, -1, C)
-        if mask is None:
-            mean, top = flat.mean(1), flat.amax(1)
-        else:
-            m = mask.reshape(N, -1, 1).to(flat.dtype)
-            mean = (flat * m).sum(1) / m.sum(1).clamp_min(1.0)
-            top = flat.masked_fill(m == 0, float("-inf")).amax(1)
-            top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-        return self.out(F.gelu(self.hidden(torch.cat([mean, top], -1)))).squeeze(-1)
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``pooled [N, F]`` → scores ``[N]``."""
+        return (self.skip(pooled) + self.out(F.gelu(self.hidden(pooled)))).squeeze(-1)
+
+
+def pool_cells(state: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``state [N, X, Y, Z, C]`` (+ cell mask ``[N, X, Y, Z]``) → ``[N, 2C]``: masked mean and max over cells."""
+    N, C = state.shape[0], state.shape[-1]
+    m = None if mask is None else mask.reshape(N, -1, 1)
+    mean, top = _masked_mean_max(state.reshape(N, -1, C), m, 1)
+    return torch.cat([mean, top], -1)
+
+
+def pool_grid(state: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[N, X, Y, Z, C]`` grid of question tokens (X) × candidate tokens (Y) → ``[N, 3C]``: the
+    masked mean and max over cells, and per question token its best candidate token (max over Y)
+    averaged over the question's tokens — how much of the question the candidate covers (the
+    query-term pooling of interaction models)."""
+    cells = pool_cells(state, mask)
+    _, row = _masked_mean_max(state, mask[..., None], 2)  # [N, X, Z, C]
+    q_valid = mask.any(2)[..., None].to(state.dtype)  # [N, X, Z, 1]
+    cover = (row * q_valid).sum((1, 2)) / q_valid.sum((1, 2)).clamp_min(1.0)
+    return torch.cat([cells, cover], -1)
 
 
 def _cosine(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -130,7 +152,7 @@ class PairFacesReshaper(_PairReshaper):
                 self.adapter_c = nn.Linear(self.dim, width, bias=False)
                 with torch.no_grad():
                     self.adapter_c.weight.copy_(_orthonormal(width, self.dim, seed + 1))
-        self.readout = ScoreReadout(self.channels, readout_hidden)
+        self.readout = ScoreReadout(2 * self.channels, readout_hidden)
 
     def _place(self, field: torch.Tensor, index: torch.Tensor, emb: torch.Tensor,
                adapter: nn.Module | None) -> torch.Tensor:
@@ -165,7 +187,7 @@ class PairFacesReshaper(_PairReshaper):
 
     def pair_score(self, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """``cos(q, c) + readout(state)`` ``[N]``."""
-        return _cosine(inputs["q"], inputs["c"]) + self.readout(state)
+        return _cosine(inputs["q"], inputs["c"]) + self.readout(pool_cells(state))
 
     def extra_repr(self) -> str:
         """Shape, faces and adapter, shown by ``repr(reshaper)``."""
@@ -208,7 +230,7 @@ class InteractionGridReshaper(_PairReshaper):
         if self.projection is not None:
             with torch.no_grad():
                 self.projection.weight.copy_(_orthonormal(projection, dim, seed) * (dim / projection) ** 0.5)
-        self.readout = ScoreReadout(self.channels, readout_hidden)
+        self.readout = ScoreReadout(3 * self.channels, readout_hidden)
 
     @torch.no_grad()
     def fit_tokens(self, pipeline: Any, texts: Sequence[str]) -> None:
@@ -281,8 +303,8 @@ class InteractionGridReshaper(_PairReshaper):
         return field
 
     def pair_score(self, state: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-        """``cos(q, c) + readout(state over the valid cells)`` ``[N]``."""
-        return _cosine(inputs["q"], inputs["c"]) + self.readout(state, self.mask(inputs))
+        """``cos(q, c) + readout(pool_grid(state))`` ``[N]`` over the valid cells."""
+        return _cosine(inputs["q"], inputs["c"]) + self.readout(pool_grid(state, self.mask(inputs)))
 
     def extra_repr(self) -> str:
         """Grid size, channels, features and projection, shown by ``repr(reshaper)``."""
