@@ -169,6 +169,54 @@ def identity_aps(reg, data) -> list[float]:
     return ap_per_question(scored)
 
 
+def overlap_row(reg, data, limit: int | None, max_val: int) -> dict:
+    """No training: ``cos(q, c) + α · overlap``, where overlap is the idf-weighted share of the
+    question's tokens found in the candidate (idf over the training candidates, α chosen on the
+    validation questions from a fixed grid) — what lexical matching alone adds to the identity."""
+    import math
+
+    import torch
+
+    from cellnet_core.pipeline import Pipeline
+    from cellnet_training.listwise import selection_items
+
+    cfg = _config(reg, GRID, LATTICE, {}, limit)
+    pipe = Pipeline.build(cfg, reg)
+    train, _ = selection_items(data, "train", limit)
+    val, _ = selection_items(data, "val", max_val)
+    test, _ = selection_items(data, "test")
+    cands = list(dict.fromkeys(c for it in train for c in it.candidates))
+    df: dict[int, int] = {}
+    for ids, _ in pipe.encode_tokens(cands):
+        for t in set(ids.tolist()):
+            df[t] = df.get(t, 0) + 1
+    m = len(cands)
+
+    def idf(t: int) -> float:
+        return max(0.0, math.log(m / (1 + df.get(t, 0)))) / math.log(m)
+
+    def parts(items):
+        out = []
+        for it in items:
+            cos = torch.nn.functional.cosine_similarity(pipe.encode([it.question]), pipe.encode(it.candidates),
+                                                        dim=-1).tolist()
+            q = set(pipe.encode_tokens([it.question])[0][0].tolist())
+            wq = sum(idf(t) for t in q) or 1.0
+            ov = [sum(idf(t) for t in q if t in set(ids.tolist())) / wq for ids, _ in pipe.encode_tokens(it.candidates)]
+            out.append((cos, ov, list(it.labels)))
+        return out
+
+    from cellnet_core import metrics as M
+
+    v, t = parts(val), parts(test)
+    grid = [0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
+    val_map = {a: M.mean_average_precision([([x + a * y for x, y in zip(c, o)], l) for c, o, l in v]) for a in grid}
+    alpha = max(grid, key=lambda a: val_map[a])
+    aps = ap_per_question([([x + alpha * y for x, y in zip(c, o)], l) for c, o, l in t])
+    return {"variant": "overlap", "alpha": alpha, "val_map": val_map[alpha], "aps": aps,
+            "test_map": sum(aps) / len(aps)}
+
+
 def _mean_sd(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else f"{xs[0]:.4f}"
 
@@ -180,7 +228,8 @@ def compare(a: list[float], b: list[float]) -> str:
     return f"{bs['diff']:+.4f} [{bs['lo']:+.4f}, {bs['hi']:+.4f}] {M.bootstrap_verdict(bs)}"
 
 
-def render(runs: list[dict], ident: list[float], args, n_test: int, split: dict, elapsed: float) -> str:
+def render(runs: list[dict], ident: list[float], args, n_test: int, split: dict, elapsed: float,
+           overlap: dict | None = None) -> str:
     by: dict[str, list[dict]] = {n: [] for n in VARIANTS}
     for r in runs:
         by[r["variant"]].append(r)
@@ -208,6 +257,10 @@ def render(runs: list[dict], ident: list[float], args, n_test: int, split: dict,
         "|---|---|---|---|---|---|---|---|",
         f"| identity | cos(q, c) of MiniLM sentence embeddings | 0 | – | – | {statistics.mean(ident):.4f} | – | – |",
     ]
+    if overlap is not None:
+        lines.append(f"| overlap (no training) | cos + {overlap['alpha']:g} × idf-weighted share of the question's "
+                     f"tokens in the candidate (α chosen on validation) | 0 | – | {overlap['val_map']:.4f} | "
+                     f"{overlap['test_map']:.4f} | {compare(overlap['aps'], ident)} | – |")
     for name, rows in by.items():
         p = rows[0]["params"]
         base = VARIANTS[name][3]
@@ -231,6 +284,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma-separated variants (default: all)")
     ap.add_argument("--max-val", type=int, default=2000, help="validation questions (early stopping)")
     ap.add_argument("--lr", type=float, default=1e-3, help="listwise learning rate")
+    ap.add_argument("--overlap", action="store_true", help="add the untrained identity + idf-overlap row")
     ap.add_argument("--batch", type=int, default=32, help="listwise questions per step")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "tasks.md"))
     ap.add_argument("--merge", nargs="*", default=None, metavar="JSON",
@@ -258,6 +312,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     ident = identity_aps(reg, data)
     print(f"identity test MAP {statistics.mean(ident):.4f}", file=sys.stderr, flush=True)
+    overlap = overlap_row(reg, data, args.limit, args.max_val) if args.overlap else None
+    if overlap:
+        print(f"overlap (α={overlap['alpha']}): test MAP {overlap['test_map']:.4f}", file=sys.stderr, flush=True)
     train_cfg = {"epochs": args.epochs, "in_batch": 2, "early_stopping": 2}
     if args.max_val != 2000:
         train_cfg["max_val_questions"] = args.max_val
@@ -279,7 +336,7 @@ def main(argv=None) -> int:
                     runs.append(r)
         raw_path.write_text(json.dumps({"settings": settings, "identity": ident, "runs": runs}) + "\n",
                             encoding="utf-8")
-        text = render(runs, ident, args, len(ident), split, sum(r["seconds"] for r in runs))
+        text = render(runs, ident, args, len(ident), split, sum(r["seconds"] for r in runs), overlap)
         Path(args.out).write_text(text, encoding="utf-8")
         print(text)
         return 0
@@ -299,7 +356,7 @@ def main(argv=None) -> int:
             runs.append(r)
             raw_path.write_text(json.dumps({"settings": settings, "identity": ident, "runs": runs}) + "\n",
                                 encoding="utf-8")
-    text = render(runs, ident, args, len(ident), split, time.perf_counter() - t0)
+    text = render(runs, ident, args, len(ident), split, time.perf_counter() - t0, overlap)
     Path(args.out).write_text(text, encoding="utf-8")
     print(text)
     return 0
