@@ -356,12 +356,25 @@ def data_kind(path: str | Path) -> str:
     return "pairs"
 
 
+def _selection_items(dataset: Any, split: str) -> list[Any]:
+    """The dataset's answer-selection items of ``split`` ([] for a dataset without them)."""
+    from cellnet_core.errors import DataError
+
+    if not callable(getattr(dataset, "selection", None)):
+        return []
+    try:
+        return list(dataset.selection(split) or [])
+    except (NotImplementedError, DataError):
+        return []
+
+
 def evaluate(run: "Pipeline | str | Path", data: str | Path | None = None, baselines: Sequence[str] | None = None,
              *, plugins: Plugins | None = None, device: str | None = None) -> dict[str, Any]:
     """Evaluate a run beside baselines on held-out data (what ``cellnet eval`` prints).
 
     ``data``: a pairs file (JSONL/CSV/TSV) or a selection file (JSONL with ``candidates``); default
-    the test split of the run's own dataset. ``baselines``: names (default the config's
+    the test split of the run's own dataset — its selection items (MAP/MRR over each question's own
+    candidates) where it has them, else its pairs. ``baselines``: names (default the config's
     ``eval.baselines``). Returns ``{"data", "questions", "rows": [{"name", "recall@1", "mrr", ...}],
     "compare": [...]}``; the first row is the run.
     """
@@ -382,6 +395,10 @@ def evaluate(run: "Pipeline | str | Path", data: str | Path | None = None, basel
             result = evaluate_pairs(pipe, train_pairs, user.pairs("test"), chosen,
                                     max_questions=pipe.config.eval.max_questions)
         result["data"] = str(data)
+    elif _selection_items(dataset, "test"):
+        # answer-selection data: each test question ranks its own candidates (the task's measure)
+        result = evaluate_selection(pipe, _selection_items(dataset, "test"), chosen, train_pairs)
+        result["data"] = f"{pipe.config.data.name}:test (selection)"
     else:
         pool = None
         if pipe.config.eval.candidates == "all":

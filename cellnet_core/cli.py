@@ -351,14 +351,26 @@ def cmd_ask(args) -> int:
         if not args.json:
             if not interactive:  # the terminal already shows what was typed
                 print(f"Q: {q}")
-            shown = ans.text if ans.text else "(no confident match)"
-            print(f"A: {shown}   [score {ans.score:.3f}" + (f", {ans.steps} steps]" if ans.steps else "]"))
+            if ans.text:
+                print(f"A: {ans.text}   [score {ans.score:.3f}" + (f", {ans.steps} steps]" if ans.steps else "]"))
+            else:
+                print("A: (no confident match" + _nearest_note(pipe, ans) + ")")
             if args.baseline:
-                print(f"   baseline (question's own embedding): {row['baseline_answer']}")
+                print(f"   baseline (question's own embedding): {row['baseline_answer'] or '(no confident match)'}")
             sys.stdout.flush()
     if args.json:
         _print(results, True)
     return 0
+
+
+def _nearest_note(pipe: Any, ans: Any) -> str:
+    """``: nearest "…" scores 0.28 < min_score 0.35`` for an answer the decoder held back."""
+    if not ans.candidates:
+        return ""
+    best = ans.candidates[0]
+    text = best["text"] if len(best["text"]) <= 60 else best["text"][:57] + "..."
+    limit = getattr(getattr(pipe.decoder, "cfg", None), "min_score", None)
+    return f': nearest "{text}" scores {best["score"]:.3f}' + (f" < min_score {limit:g}" if limit is not None else "")
 
 
 def cmd_eval(args) -> int:
