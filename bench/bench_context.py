@@ -16,7 +16,7 @@ once). Mean ± sd over seeds, and a paired bootstrap of per-item reciprocal rank
 seeds) per comparison.
 
     .venv/bin/python bench/bench_context.py [--seeds 3] [--epochs 8] [--turns 3] [--variants learned,exact]
-                                            [--append] [--out docs/results/context.md]
+                                            [--hidden 16] [--append] [--out docs/results/context.md]
 
 Real MiniLM embeddings (through the on-disk cache; the first run encodes the ~5.8k texts once),
 real data (chitchat-dataset, whole conversations), CPU threads as given by --threads.
@@ -41,6 +41,10 @@ LATTICE = {"name": "lattice", "cell": {"name": "nca", "hidden": 16}, "steps": 3,
            "boundary": "walls", "kernel": "auto"}
 
 
+#: the NCA cell's hidden units (``--hidden``)
+CELL_HIDDEN = [16]
+
+
 def _reshaper(turns: int, adapter: str) -> dict:
     return {"name": "context-planes", "shape": [8, 8, turns], "channels": 6, "slots": turns, "adapter": adapter}
 
@@ -51,7 +55,8 @@ def _config(reg, turns: int, adapter: str, train_cfg: dict, seed: int):
     return validate_run_config(reg, {
         "schema_version": 1, "seed": seed, "device": "cpu", "data": {**DATA, "context_turns": turns},
         "encoder": {"name": "minilm"}, "reshaper": _reshaper(turns, adapter),
-        "core": {**LATTICE, "steps": max(LATTICE["steps"], turns - 1)}, "decoder": {"name": "nearest"},
+        "core": {**LATTICE, "cell": {"name": "nca", "hidden": CELL_HIDDEN[0]}, "steps": max(LATTICE["steps"], turns - 1)},
+        "decoder": {"name": "nearest"},
         "training": {"name": "context", "fit_decoder": False, "plots": False, **train_cfg}}, source="bench_context")
 
 
@@ -187,7 +192,7 @@ def render(runs: list[dict], args, sizes: dict, elapsed: float, argv: list[str])
         f"cosine schedule, up to {args.epochs} epochs, early stopping after 3 epochs without validation "
         f"improvement, best validation epoch restored (epoch 0, the untrained start, included). "
         f"Seeds: {', '.join(str(s) for s in range(args.seeds))}. Lattice: {args.turns} z-planes of 8×8 cells, "
-        f"6 channels, NCA cell (hidden 16), {max(LATTICE['steps'], args.turns - 1)} steps, walls "
+        f"6 channels, NCA cell (hidden {CELL_HIDDEN[0]}), {max(LATTICE['steps'], args.turns - 1)} steps, walls "
         f"(the oldest turn's plane reaches the read plane after {args.turns - 1} steps).",
         "",
         "| variant | what | parameters: lattice / adapters / MLP | val MRR | test MRR (mean ± sd) | best epochs | s / run |",
@@ -242,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--temperature", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--hidden", type=int, default=16, help="hidden units of the lattice's NCA cell")
     ap.add_argument("--variants", default="learned",
                     help="comma-separated: learned (context-lattice, context-mlp), exact (exact-lattice, exact-mlp)")
     ap.add_argument("--append", action="store_true",
@@ -254,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    CELL_HIDDEN[0] = args.hidden
     from cellnet_core.pipeline import Pipeline
     from cellnet_core.plugins import load
     from cellnet_training.context import context_sets, context_items
@@ -296,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.append and out.exists():
         # a further invocation: its tables under their own heading, the first one's kept
         body = text.split("\n", 2)[2]
-        text = out.read_text(encoding="utf-8").rstrip("\n") + "\n\n## Variants: " + args.variants + "\n" + body
+        heading = f"## Variants: {args.variants}, NCA cell hidden {args.hidden}"
+        text = out.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + heading + "\n\n" + body
     out.write_text(text, encoding="utf-8")
     if args.json:
         Path(args.json).write_text(json.dumps([{k: v for k, v in r.items() if k != "rr"} for r in runs], indent=1))
