@@ -54,6 +54,8 @@ NEEDS = {
     ("reshaper", "interaction-grid"): lambda: {"shape": [6, 8, 1], "channels": 3},
     ("reshaper", "pair-mlp"): lambda: {"hidden": 8},
     ("core", "conv-grid"): lambda: {"hidden": 4, "layers": 1},
+    ("reshaper", "context-planes"): lambda: {"shape": [2, 2, 3], "channels": 12, "slots": 3},
+    ("strategy", "context"): lambda: TINY_TRAIN,
     ("strategy", "listwise"): lambda: {"epochs": 1, "batch_size": 4},
     ("strategy", "dialogue"): lambda: TINY_TRAIN,
     ("strategy", "autoencoder"): lambda: TINY_TRAIN,
@@ -102,6 +104,9 @@ def _config(kind: str, name: str) -> dict:
     if (kind, name) == ("strategy", "listwise"):  # a pair scorer trained on selection items
         cfg["data"] = {"name": "selection", "path": str(DATA / "selection.jsonl")}
         cfg["reshaper"] = {"name": "pair-faces", **NEEDS[("reshaper", "pair-faces")]()}
+    if (kind, name) == ("strategy", "context"):  # conversation turns on the planes of a context reshaper
+        cfg["data"] = {"name": "chatterbot", "max_pairs": 60}
+        cfg["reshaper"] = {"name": "context-planes", **NEEDS[("reshaper", "context-planes")]()}
     if kind == "strategy" and name == "decoder":
         cfg["decoder"] = {"name": "ret", **NEEDS[("decoder", "ret")]()}
     return cfg
