@@ -338,7 +338,7 @@ def cmd_ask(args) -> int:
             continue
         if pipe is None:
             pipe = loader.get()
-        ans = pipe.answer([q], k=args.k)[0]
+        ans = pipe.answer([q], k=args.k, context=args.context)[0]
         row = {"question": q, "answer": ans.text, "score": ans.score, "candidates": ans.candidates,
                "steps": ans.steps}
         if args.baseline:
@@ -548,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = _sub(sub, "ask", "answer questions with a trained run",
              "  cellnet ask runs/demo \"how are you?\"\n  cellnet ask runs/demo < examples/questions.txt\n"
              "  cellnet ask runs/demo            (interactive: line editing and history)\n"
-             "  cellnet ask runs/demo \"hi\" --json -k 3",
+             "  cellnet ask runs/demo \"hi\" --json -k 3\n"
+             "  cellnet ask --context \"I just got back from Spain\" runs/chat \"how was it?\"",
              description="Answer questions with a trained run: the texts given, one per line from stdin, "
                          "or interactively on a terminal. The score is the decoder's score of the answer "
                          "(cosine similarity to the lattice's output embedding for retrieval decoders).")
@@ -558,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print answers, candidates, scores and lattice steps as JSON")
     s.add_argument("--baseline", action="store_true",
                    help="also show the answer of the question's own embedding (no lattice)")
+    s.add_argument("--context", action="append", metavar="TURN",
+                   help="a previous turn of the conversation, oldest first (repeat for several); for runs "
+                        "whose reshaper takes several turns (context-planes)")
     s.add_argument("--device", default=None, help=_DEVICE_HELP)
     s.set_defaults(func=cmd_ask)
 

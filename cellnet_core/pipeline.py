@@ -217,8 +217,48 @@ class Pipeline:
         """Evaluation mode (no stochastic firing, early stop by ``tol`` where the core has it)."""
         return self.train(False)
 
-    def answer(self, texts: Sequence[str], k: int = 5) -> list[Answer]:
-        """Question texts → answers with score, top-k candidates and the lattice steps used."""
+    def context_input(self, texts: Sequence[str], context: Any = None):
+        """The :meth:`think` input of ``texts`` with the conversation's previous turns.
+
+        ``context``: the turns before the texts, oldest first — one list for every text, or one list
+        per text (``[[...], [...]]``). A reshaper that takes several turns (``context_slots`` = k,
+        e.g. ``context-planes``) gets ``[B, k·D]``: the last k turns ending at the text, zero
+        embeddings in front when there are fewer (as the ``context`` strategy trains it). Without
+        ``context``: the texts' own embeddings ``[B, D]``. ``context`` with a reshaper that takes one
+        turn is a :class:`~cellnet_core.errors.ConfigError`."""
+        texts = list(texts)
+        if context is None:
+            return self.encode(texts)
+        slots = getattr(self.reshaper, "context_slots", None)
+        if not slots:
+            from cellnet_core.errors import ConfigError
+
+            name = getattr(getattr(self.config, "reshaper", None), "name", type(self.reshaper).__name__)
+            raise ConfigError(f"context: reshaper '{name}' takes one turn; previous turns need a run whose "
+                              f"reshaper takes several (context-planes)")
+        context = list(context)
+        if all(isinstance(c, str) for c in context):
+            histories = [context] * len(texts)
+        else:
+            histories = [list(c) for c in context]
+            if len(histories) != len(texts):
+                raise ValueError(f"context: {len(histories)} histories for {len(texts)} texts; give one list of "
+                                 f"previous turns per text, or one list for all")
+        turns = [(list(h) + [t])[-slots:] for h, t in zip(histories, texts)]
+        unique = list(dict.fromkeys(x for ts in turns for x in ts))
+        emb = self.encode(unique).float()
+        row = {x: i for i, x in enumerate(unique)}
+        packed = emb.new_zeros(len(texts), slots, emb.shape[1])
+        for i, ts in enumerate(turns):
+            for j, x in enumerate(ts):
+                packed[i, slots - len(ts) + j] = emb[row[x]]
+        return packed.reshape(len(texts), -1)
+
+    def answer(self, texts: Sequence[str], k: int = 5, context: Any = None) -> list[Answer]:
+        """Question texts → answers with score, top-k candidates and the lattice steps used.
+
+        ``context``: the conversation's previous turns, oldest first (one list for all texts or one
+        per text; see :meth:`context_input`), for runs whose reshaper takes several turns."""
         import torch
 
         texts = list(texts)
@@ -226,7 +266,7 @@ class Pipeline:
             return []
         self.eval()
         with torch.no_grad():
-            out = self.think(self.encode(texts)).detach().cpu()
+            out = self.think(self.context_input(texts, context)).detach().cpu()
         decoded = self.decoder.decode(out)
         cands: list[list[Any]] = [[] for _ in texts]
         if hasattr(self.decoder, "candidates"):

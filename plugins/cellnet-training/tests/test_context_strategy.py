@@ -198,3 +198,38 @@ def test_the_reshaper_must_take_the_turns(make_context):
                      core={"name": "tiny-test-core"})
     with pytest.raises(ConfigError, match="training: turns: 2 turns per question, but reshaper.slots is 3"):
         make_context({"turns": 2})
+
+
+def test_answer_with_previous_turns(make_context):
+    """``Pipeline.answer(texts, context=…)`` packs the previous turns as the strategy does: untrained it
+    answers as the latest turn alone; trained, the earlier turn decides the answer."""
+    pipe, data, strategy, run = make_context({"fit_decoder": True})
+    strategy.fit(pipe, data, run())
+    item = next(it for it in data.context("train") if len(it.turns) == 2)
+    shared = pipe.answer([item.turns[-1]], context=item.turns[:-1])[0]
+    per_text = pipe.answer([item.turns[-1], item.turns[-1]], context=[item.turns[:-1], []])
+    assert per_text[0].text == shared.text and per_text[0].score == pytest.approx(shared.score)
+    alone = pipe.answer([item.turns[-1]])[0]
+    assert per_text[1].text == alone.text  # no previous turns: the latest turn alone
+    # the trained lattice answers from the earlier turn: other first turns, other answers
+    others = [it for it in data.context("train") if len(it.turns) == 2][:8]
+    got = {pipe.answer([it.turns[-1]], context=it.turns[:-1])[0].text for it in others}
+    assert len(got) > 4
+    with pytest.raises(ValueError, match="context: 1 histories for 2 texts"):
+        pipe.answer(["a", "b"], context=[["x"]])
+
+
+def test_answer_with_context_needs_a_reshaper_with_slots(make_run):
+    pipe, data, strategy, run = make_run({"name": "dialogue", "epochs": 0, "plots": False})
+    strategy.fit(pipe, data, run())
+    with pytest.raises(ConfigError, match="takes one turn"):
+        pipe.answer(["hello"], context=["hi"])
+    assert len(pipe.answer(["hello"], context=None)) == 1
+
+
+def test_ask_takes_previous_turns_in_order():
+    from cellnet_core.cli import build_parser
+
+    args = build_parser().parse_args(["ask", "--context", "first", "--context", "second", "runs/chat", "and you?"])
+    assert args.context == ["first", "second"] and args.texts == ["and you?"]
+    assert build_parser().parse_args(["ask", "runs/chat", "hi"]).context is None
