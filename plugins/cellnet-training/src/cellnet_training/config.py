@@ -235,30 +235,3 @@ class ContextConfig(OptimisationConfig):
         if self.turns is not None and self.turns != slots:
             raise ValueError(f"turns: {self.turns} turns per question, but reshaper.slots is {slots}; make them "
                              f"equal (or leave turns out)")
-
-
-class ContextConfig(OptimisationConfig):
-    """Train reshaper + core to map the last k turns of a conversation (their embeddings
-    concatenated, oldest first; missing earlier turns are zeros) onto the next turn's embedding.
-    Needs a conversation dataset (context items) and a reshaper with slots (context-planes)."""
-
-    name: Literal["context"] = "context"
-    turns: Optional[int] = Field(None, ge=1, le=64, description="turns per question k; default (and must equal) "
-                                                                "the reshaper's slots")
-
-    @field_validator("mix")
-    @classmethod
-    def _mix(cls, v: dict[str, float]) -> dict[str, float]:
-        # both objectives differ from this one: single-turn dialogue runs as the latest turn alone
-        return v
-
-    def check_run(self, run: Any, registry: Any) -> None:
-        """The reshaper takes several turns (has ``slots``), as many as ``turns`` when given."""
-        reshaper = getattr(run, "reshaper", None)
-        slots = getattr(reshaper, "slots", None)
-        if slots is None:
-            raise ValueError(f"strategy 'context' feeds the last turns of a conversation to a reshaper with slots "
-                             f"(context-planes); reshaper '{getattr(reshaper, 'name', '?')}' takes one embedding")
-        if self.turns is not None and self.turns != slots:
-            raise ValueError(f"turns: {self.turns} turns per question, but reshaper.slots is {slots}; make them "
-                             f"equal (or leave turns out)")
