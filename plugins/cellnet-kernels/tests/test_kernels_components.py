@@ -215,7 +215,8 @@ def test_lattice_auto_picks_fused_on_cpu_and_the_manifest_records_it(registry, t
             "encoder": {"name": "hashing", "dim": 48},
             "reshaper": {"name": "flat", "shape": [4, 4, 3], "channels": 1},
             "core": {"name": "lattice", "cell": {"name": "nca", "hidden": 8}, "steps": 3, "kernel": "auto",
-                     "boundary": "walls", "injection": "every"}}
+                     "boundary": "walls", "injection": "every"},
+            "training": {"name": "retrieval"}}  # building is what is tested; nothing is trained
     cfg = validate_run_config(registry, base)
     pipe = Pipeline.build(cfg, registry, cache_dir=tmp_path / "cache")
     assert pipe.core.kernel_name == "fused" and pipe.core.kernel.name == "fused"
