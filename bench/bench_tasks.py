@@ -56,8 +56,9 @@ VARIANTS: dict[str, tuple[dict, dict, str, str | None]] = {
     "bi-lattice": (SURFACE, {**LATTICE, "cell": {"name": "nca", "hidden": 32}, "steps": 6},
                    "bi-encoder: q → surface (inverse init) → NCA lattice → q', cos(q', c) (dialogue, infonce, "
                    "labelled wrong sentences as negatives)", "bi-mlp"),
-    "bi-mlp": (SURFACE, {**LATTICE, "steps": 0}, "bi-encoder baseline: residual MLP q → q' of bi-lattice's size, "
-               "same loss, negatives, optimiser and epochs", None),
+    "bi-mlp": (SURFACE, {**LATTICE, "steps": 0}, "bi-encoder baseline: residual MLP q → q' of bi-lattice's size "
+               "(cellnet eval's mlp baseline: same loss, optimiser and epochs, last epoch kept; trained on the "
+               "pairs only, without the labelled wrong sentences)", None),
 }
 #: variants trained by the dialogue strategy instead of listwise
 DIALOGUE = {"bi-lattice", "bi-mlp"}
@@ -245,10 +246,11 @@ def render(runs: list[dict], ident: list[float], args, n_test: int, split: dict,
         f"`.venv/bin/python {cmd.strip()}` — {time.strftime('%Y-%m-%d')}, {platform.machine()}, 2 CPU threads, "
         f"{elapsed / 60:.1f} minutes of training and scoring with cached embeddings.", "",
         f"SQuAD v1.1 dev (bundled), split by article: {split['train']} / {split['val']} / {split['test']} "
-        f"train / val / test questions; each question ranks the sentences of its own paragraph. Every scorer "
-        f"is `cos(q, c) + readout(lattice state)` with the readout zero at init, trained by the `listwise` "
+        f"train / val / test questions; each question ranks the sentences of its own paragraph. Every pair "
+        f"scorer is `cos(q, c) + readout(lattice state)` with the readout zero at init, trained by the `listwise` "
         f"strategy ({args.epochs} epochs at most, 2 in-batch negatives per question, early stopping after 2 "
-        f"epochs without gain in validation MAP, epoch 0 = the untrained scorer = identity). Test MAP on {n_test} test questions, mean ± sd over the seeds of each row (one "
+        f"epochs without gain in validation MAP, epoch 0 = the untrained scorer = identity); the bi-encoders (bi-*) move the question's embedding and "
+        f"rank by cosine, trained by `dialogue` with the same epochs and early stopping. Test MAP on {n_test} test questions, mean ± sd over the seeds of each row (one "
         f"best epoch per seed); the intervals are paired bootstraps (5,000 resamples) of per-question AP "
         f"averaged over seeds. Training questions: {args.limit or 'all'}; validation questions: "
         f"{min(args.max_val, split['val'])}.", "",
@@ -279,6 +281,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 variants, 1 seed, 2 epochs, 1,000 training questions")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--limit", type=int, default=None, help="training questions (default: all)")
     ap.add_argument("--only", default="", help="comma-separated variants (default: all)")
@@ -346,7 +349,7 @@ def main(argv=None) -> int:
             runs = [r for r in old["runs"] if r["variant"] in VARIANTS]
     done = {(r["variant"], r["seed"]) for r in runs}
     for name in names:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             if (name, seed) in done:
                 continue
             r = run_variant(reg, data, name, seed, train_cfg, args.limit)
