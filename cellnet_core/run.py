@@ -17,13 +17,68 @@ STATE_FILE = "train_state.safetensors"
 METRICS_FILE = "metrics.jsonl"
 
 
-def progress(iterable=None, **kwargs):
+class _LogLines:
+    """Progress as one plain line on stderr at most every ``every`` seconds (for logs, where a
+    redrawn bar is noise): ``encoding 20797 texts: 430/1300 batch (33%), 95 s``."""
+
+    def __init__(self, iterable=None, total=None, desc: str = "", unit: str = "it", every: float = 30.0,
+                 initial: int = 0, **_: Any):
+        import time
+
+        self.iterable, self.desc, self.unit, self.every = iterable, desc, unit, float(every)
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.n = total, int(initial)
+        self._clock = time.perf_counter
+        self.start = self.last = self._clock()
+
+    def _line(self, final: bool = False) -> None:
+        now = self._clock()
+        if not final and now - self.last < self.every:
+            return
+        self.last = now
+        share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        total = f"/{self.total}" if self.total else ""
+        print(f"{self.desc}: {self.n}{total} {self.unit}{share}, {now - self.start:.0f} s"
+              + (" — done" if final else ""), file=sys.stderr, flush=True)
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        """Count ``n`` more units; print a line when ``every`` seconds have passed."""
+        self.n += n
+        self._line()
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        """Accepted for tqdm compatibility; log lines carry no postfix."""
+
+    def close(self) -> None:
+        """A last line, only for work that took longer than one interval."""
+        if self._clock() - self.start >= self.every:
+            self._line(final=True)
+            self.start = self._clock() + 1e9  # once
+
+    def __enter__(self) -> "_LogLines":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def progress(iterable=None, log_every: float | None = None, **kwargs):
     """A tqdm progress bar on stderr, quiet when ``CELLNET_QUIET=1`` or stderr is not a terminal
-    and ``CELLNET_PROGRESS`` is not set."""
+    and ``CELLNET_PROGRESS`` is not set. With ``log_every`` (seconds), work without a terminal
+    prints one plain progress line at most that often instead of nothing (long encodes in logs)."""
     from tqdm.auto import tqdm
 
-    quiet = os.environ.get("CELLNET_QUIET") == "1" or (
-        not sys.stderr.isatty() and os.environ.get("CELLNET_PROGRESS") != "1")
+    silent = os.environ.get("CELLNET_QUIET") == "1"
+    quiet = silent or (not sys.stderr.isatty() and os.environ.get("CELLNET_PROGRESS") != "1")
+    if quiet and not silent and log_every and not kwargs.get("disable"):
+        return _LogLines(iterable, every=log_every, **kwargs)
     kwargs.setdefault("disable", quiet)
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)

@@ -213,7 +213,7 @@ class GenerativeDecoder:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
         best, best_state, best_epoch, bad = float("inf"), None, 0, 0
         self.history = []
-        bar = progress(range(1, c.epochs + 1), desc=f"fit {self.kind}", unit="epoch")
+        bar = progress(range(1, c.epochs + 1), desc=f"fit {self.kind}", unit="epoch", log_every=30)
         for epoch in bar:
             self.model.train()
             run_loss, run_n = 0.0, 0

@@ -320,7 +320,7 @@ class PrefixLMDecoder:
         self.history = []
         step, seen, run_loss, run_tok, epoch = 0, 0, 0.0, 0, 0
         stopped_early, out_of_time = False, False
-        bar = progress(total=plan["total"], desc=f"fit {self.kind}", unit="step")
+        bar = progress(total=plan["total"], desc=f"fit {self.kind}", unit="step", log_every=30)
         t_train = time.perf_counter()
         try:
             while step < plan["total"] and not stopped_early and not out_of_time:

@@ -288,7 +288,8 @@ class HFEncoder(Teacher):
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         bar = batches
         if len(texts) > PROGRESS_MIN_TEXTS:
-            bar = progress(batches, total=len(batches), desc=f"encoding {len(texts)} texts", unit="batch")
+            bar = progress(batches, total=len(batches), desc=f"encoding {len(texts)} texts", unit="batch",
+                           log_every=30)
         for idx in bar:
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
             input_ids = batch["input_ids"].to(self.device)
@@ -326,7 +327,8 @@ class HFEncoder(Teacher):
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         bar = batches
         if len(texts) > PROGRESS_MIN_TEXTS:
-            bar = progress(batches, total=len(batches), desc=f"token states of {len(texts)} texts", unit="batch")
+            bar = progress(batches, total=len(batches), desc=f"token states of {len(texts)} texts",
+                           unit="batch", log_every=30)
         for idx in bar:
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
             input_ids = batch["input_ids"].to(self.device)
