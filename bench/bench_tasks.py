@@ -37,9 +37,11 @@ SURFACE = {"name": "surface", "shape": [8, 8, 4], "channels": 8, "init": "invers
 
 #: name → (reshaper, core, what it is, its equal-size baseline)
 VARIANTS: dict[str, tuple[dict, dict, str, str | None]] = {
-    "grid-lattice": (GRID, LATTICE, "token grid (cos, exact match, idf-weighted match) → NCA lattice, 4 steps → readout", "grid-conv"),
+    "grid-lattice": (GRID, LATTICE, "token grid (cos, exact match, idf-weighted match) → NCA lattice, 4 steps → readout", "grid-conv-small"),
     "grid-conv": (GRID, {"name": "conv-grid", "hidden": 16, "layers": 2}, "same grid → 2 residual 2D conv blocks "
-                  "(baseline of equal size)", None),
+                  "of hidden 16 (baseline, 3× the lattice cell's parameters)", None),
+    "grid-conv-small": (GRID, {"name": "conv-grid", "hidden": 5, "layers": 2}, "same grid → 2 residual 2D conv "
+                        "blocks of hidden 5: the lattice cell's parameter count (baseline)", None),
     "grid-readout": (GRID, {**LATTICE, "steps": 0}, "same grid, lattice steps 0: only the readout learns "
                      "(ablation)", None),
     "grid-lattice-big": (GRID, {**LATTICE, "cell": {"name": "nca", "hidden": 128}}, "grid → NCA lattice with a "
