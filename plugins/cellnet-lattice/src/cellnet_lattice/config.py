@@ -12,6 +12,13 @@ Shape = tuple[int, int, int]
 Face = Literal["x=0", "x=-1", "y=0", "y=-1", "z=0", "z=-1"]
 
 
+def _sizes_in_range(cls: Any, v: Shape) -> Shape:
+    """Shape validator shared by the reshaper configs: every size in 1..1024."""
+    if any(s < 1 or s > 1024 for s in v):
+        raise ValueError(f"every size must be in 1..1024, got {list(v)}")
+    return v
+
+
 class _Sub(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -173,12 +180,7 @@ class SurfaceReshaperConfig(ComponentConfig):
                                "out_face == in_face an untrained lattice returns the embedding exactly "
                                "(training starts from the identity baseline); needs points×channels ≥ D")
 
-    @field_validator("shape")
-    @classmethod
-    def _positive(cls, v: Shape) -> Shape:
-        if any(s < 1 or s > 1024 for s in v):
-            raise ValueError(f"every size must be in 1..1024, got {list(v)}")
-        return v
+    _positive = field_validator("shape")(_sizes_in_range)
 
     @model_validator(mode="after")
     def _inverse_same_face(self):
@@ -195,12 +197,7 @@ class VolumeReshaperConfig(ComponentConfig):
     channels: int = Field(4, ge=1, le=4096, description="state channels C per cell")
     out_dim: Optional[int] = Field(None, ge=1, le=65536, description="size D' of from_state; default D")
 
-    @field_validator("shape")
-    @classmethod
-    def _positive(cls, v: Shape) -> Shape:
-        if any(s < 1 or s > 1024 for s in v):
-            raise ValueError(f"every size must be in 1..1024, got {list(v)}")
-        return v
+    _positive = field_validator("shape")(_sizes_in_range)
 
 
 class PermutedReshaperConfig(ComponentConfig):
@@ -231,12 +228,7 @@ class PairFacesReshaperConfig(ComponentConfig):
     shared: bool = Field(False, description="learned adapters: one for both slots")
     readout_hidden: int = Field(32, ge=1, le=4096, description="hidden units of the score readout")
 
-    @field_validator("shape")
-    @classmethod
-    def _positive(cls, v: Shape) -> Shape:
-        if any(s < 1 or s > 1024 for s in v):
-            raise ValueError(f"every size must be in 1..1024, got {list(v)}")
-        return v
+    _positive = field_validator("shape")(_sizes_in_range)
 
 
 class InteractionGridReshaperConfig(ComponentConfig):
@@ -254,12 +246,7 @@ class InteractionGridReshaperConfig(ComponentConfig):
                                                          "(then the reshaper has no parameters but the readout)")
     readout_hidden: int = Field(32, ge=1, le=4096, description="hidden units of the score readout")
 
-    @field_validator("shape")
-    @classmethod
-    def _positive(cls, v: Shape) -> Shape:
-        if any(s < 1 or s > 1024 for s in v):
-            raise ValueError(f"every size must be in 1..1024, got {list(v)}")
-        return v
+    _positive = field_validator("shape")(_sizes_in_range)
 
 
 class PairMLPReshaperConfig(ComponentConfig):
@@ -296,12 +283,7 @@ class ContextPlanesReshaperConfig(ComponentConfig):
                                "initialised to the read slot's transpose; exact: no parameters, the D dims fill "
                                "each plane in order (X·Y·C must equal D)")
 
-    @field_validator("shape")
-    @classmethod
-    def _positive(cls, v: Shape) -> Shape:
-        if any(s < 1 or s > 1024 for s in v):
-            raise ValueError(f"every size must be in 1..1024, got {list(v)}")
-        return v
+    _positive = field_validator("shape")(_sizes_in_range)
 
     @model_validator(mode="after")
     def _depth_fits_slots(self):
