@@ -275,21 +275,16 @@ class HFEncoder(Teacher):
         res = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=want_hidden)
         return res.last_hidden_state if not want_hidden else res.hidden_states[self.layer]
 
-    @torch.no_grad()
-    def base_encode(self, texts: Sequence[str]) -> torch.Tensor:
-        """``texts`` → ``[B, D0]`` pooled hidden states, in length-sorted batches, with progress on
-        long inputs."""
+    def _passes(self, ids: list[list[int]], desc: str):
+        """Model passes over ``ids`` in length-sorted batches (progress on long inputs): yields
+        ``(idx, hidden [b, L, D0], pooled [b, D0])``, ``pooled`` normalised when configured."""
         from cellnet_core.run import progress
 
-        texts = list(texts)
-        ids = self._tokenize(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(ids[i]), reverse=True)
-        out = torch.empty(len(texts), self.base_dim)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         bar = batches
-        if len(texts) > PROGRESS_MIN_TEXTS:
-            bar = progress(batches, total=len(batches), desc=f"encoding {len(texts)} texts", unit="batch",
-                           log_every=30)
+        if len(ids) > PROGRESS_MIN_TEXTS:
+            bar = progress(batches, total=len(batches), desc=desc, unit="batch", log_every=30)
         for idx in bar:
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
             input_ids = batch["input_ids"].to(self.device)
@@ -298,9 +293,18 @@ class HFEncoder(Teacher):
             vec = pool(hidden.float(), mask, self.pooling, self.skip_first_token)
             if self.normalize:
                 vec = torch.nn.functional.normalize(vec, dim=-1)
+            yield idx, hidden, vec
+
+    @torch.no_grad()
+    def base_encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """``texts`` → ``[B, D0]`` pooled hidden states, in length-sorted batches, with progress on
+        long inputs."""
+        texts = list(texts)
+        ids = self._tokenize(texts)
+        out = torch.empty(len(texts), self.base_dim)
+        for idx, _, vec in self._passes(ids, f"encoding {len(texts)} texts"):
             out[torch.tensor(idx)] = vec.to("cpu", torch.float32)
         return out
-
 
     @property
     def token_fingerprint(self) -> str:
@@ -316,27 +320,12 @@ class HFEncoder(Teacher):
         so every text has at least one row. Batched by length like :meth:`base_encode`. With
         ``return_embeddings`` the same forward passes also give what :meth:`encode` returns:
         ``(rows, emb [B, D])`` (one model pass for both)."""
-        from cellnet_core.run import progress
-
         texts = list(texts)
         ids = self._tokenize(texts)
         special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
-        order = sorted(range(len(texts)), key=lambda i: len(ids[i]), reverse=True)
         out: list[Any] = [None] * len(texts)
         base = torch.empty(len(texts), self.base_dim)
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        bar = batches
-        if len(texts) > PROGRESS_MIN_TEXTS:
-            bar = progress(batches, total=len(batches), desc=f"token states of {len(texts)} texts",
-                           unit="batch", log_every=30)
-        for idx in bar:
-            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-            input_ids = batch["input_ids"].to(self.device)
-            mask = batch["attention_mask"].to(self.device)
-            hidden = self._hidden(input_ids, mask)
-            vec = pool(hidden.float(), mask, self.pooling, self.skip_first_token)
-            if self.normalize:
-                vec = torch.nn.functional.normalize(vec, dim=-1)
+        for idx, hidden, vec in self._passes(ids, f"token states of {len(texts)} texts"):
             base[torch.tensor(idx)] = vec.to("cpu", torch.float32)
             hidden = torch.nn.functional.normalize(hidden.float(), dim=-1).to("cpu", torch.float16)
             for row, i in enumerate(idx):
