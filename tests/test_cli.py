@@ -9,15 +9,7 @@ import pytest
 
 from cellnet_core.cli import main
 
-CONFIG = """
-seed: 0
-data: {name: greetings}
-encoder: {name: hashing, dim: 256}
-reshaper: {name: flat, channels: 1}
-core: {name: identity}
-decoder: {name: nearest}
-training: {name: retrieval}
-"""
+from cellnet_core.testing.fakes import GREETINGS_CONFIG as CONFIG
 
 
 @pytest.fixture(scope="module")

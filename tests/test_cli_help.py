@@ -16,15 +16,7 @@ import yaml
 from cellnet_core import __version__
 from cellnet_core.cli import build_parser, main
 
-GREET = """
-seed: 0
-data: {name: greetings}
-encoder: {name: hashing, dim: 256}
-reshaper: {name: flat, channels: 1}
-core: {name: identity}
-decoder: {name: nearest}
-training: {name: retrieval}
-"""
+from cellnet_core.testing.fakes import GREETINGS_CONFIG as GREET
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -16,15 +16,7 @@ from cellnet_core.cli import main
 from cellnet_core.errors import CheckpointError, ConfigError
 from cellnet_core.run import partial_dir
 
-GREET = """
-seed: 0
-data: {name: greetings}
-encoder: {name: hashing, dim: 256}
-reshaper: {name: flat, channels: 1}
-core: {name: identity}
-decoder: {name: nearest}
-training: {name: retrieval}
-"""
+from cellnet_core.testing.fakes import GREETINGS_CONFIG as GREET
 
 LATTICE = """
 seed: 0

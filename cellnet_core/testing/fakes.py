@@ -25,3 +25,16 @@ class FakePairs:
     def texts(self, split: str) -> list[str]:
         """Questions and answers of the split's pairs, in order."""
         return [t for p in self.pairs(split) for t in (p.question, p.answer)]
+
+
+#: a run config that trains in well under a second with parts of the core only (greetings data,
+#: hashing encoder, identity core, nearest decoder): for command-line and run-directory tests
+GREETINGS_CONFIG = """
+seed: 0
+data: {name: greetings}
+encoder: {name: hashing, dim: 256}
+reshaper: {name: flat, channels: 1}
+core: {name: identity}
+decoder: {name: nearest}
+training: {name: retrieval}
+"""
