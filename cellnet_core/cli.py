@@ -311,6 +311,7 @@ def cmd_ask(args) -> int:
 
     _, registry = _load()
     interactive = not args.texts and sys.stdin is not None and sys.stdin.isatty()
+    session = _ask_session(args) if interactive else None
     if interactive:
         # the cheap checks now (a damaged run fails before the prompt), the slow loading meanwhile
         api.check_run_dir(args.run_dir)
@@ -338,7 +339,12 @@ def cmd_ask(args) -> int:
             continue
         if pipe is None:
             pipe = loader.get()
-        ans = pipe.answer([q], k=args.k, context=args.context)[0]
+        if session is not None:  # the conversation so far: answers just given rank lower; context runs get the turns
+            from cellnet_core.sessions import answer_in_sessions
+
+            ans = answer_in_sessions(pipe, [q], [session[0]], k=args.k, settings=session[1], context=args.context)[0]
+        else:
+            ans = pipe.answer([q], k=args.k, context=args.context)[0]
         row = {"question": q, "answer": ans.text, "score": ans.score, "candidates": ans.candidates,
                "steps": ans.steps}
         if args.baseline:
@@ -361,6 +367,14 @@ def cmd_ask(args) -> int:
     if args.json:
         _print(results, True)
     return 0
+
+
+def _ask_session(args) -> Any:
+    """``(Session, SessionSettings)`` of an interactive ``ask`` (see :mod:`cellnet_core.sessions`)."""
+    from cellnet_core.sessions import Session, SessionSettings
+
+    settings = SessionSettings(penalty=args.session_penalty)
+    return Session(max_turns=settings.max_turns), settings
 
 
 def _nearest_note(pipe: Any, ans: Any) -> str:
@@ -562,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--context", action="append", metavar="TURN",
                    help="a previous turn of the conversation, oldest first (repeat for several); for runs "
                         "whose reshaper takes several turns (context-planes)")
+    s.add_argument("--session-penalty", type=float, default=0.1, metavar="W",
+                   help="interactive: score taken off an answer given in the last 3 turns, so a repeated "
+                        "question gets the next-best answer (default 0.1; 0: off)")
     s.add_argument("--device", default=None, help=_DEVICE_HELP)
     s.set_defaults(func=cmd_ask)
 
