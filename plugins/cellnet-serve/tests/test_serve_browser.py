@@ -1,0 +1,109 @@
+"""The chat page in a real headless Chromium (Selenium): ask, see the answer, its score, the
+candidates and the baseline; the session lives in the page and a repeated question is not answered
+the same way twice. Skipped, with the reason, where no browser is installed (Debian: apt-get
+install chromium chromium-driver)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import pytest
+
+
+def _browser_or_skip():
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install selenium)")
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not chrome or not driver:
+        pytest.skip("no headless browser: install Chromium and its driver (Debian: apt-get install chromium "
+                    "chromium-driver)")
+    return chrome, driver
+
+
+@pytest.fixture
+def served(tiny_pipe):
+    """The tiny run served by uvicorn on a free loopback port (penalty 1: a repeat always changes)."""
+    import uvicorn
+
+    from cellnet_core.sessions import SessionSettings
+    from cellnet_serve import ServeSettings, Service, create_app
+    from cellnet_serve.command import bind
+
+    service = Service(lambda: tiny_pipe, ServeSettings(sessions=SessionSettings(penalty=1.0)), name="tiny")
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    assert service.wait_ready(30)
+    deadline = time.time() + 10
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def browser():
+    chrome, driver_path = _browser_or_skip()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,900"):
+        opts.add_argument(arg)
+    try:
+        drv = webdriver.Chrome(service=DriverService(driver_path), options=opts)
+    except Exception as exc:  # noqa: BLE001 - a browser that cannot start is a skip with its reason
+        pytest.skip(f"Chromium did not start: {str(exc).splitlines()[0]}")
+    drv.set_page_load_timeout(30)
+    yield drv
+    drv.quit()
+
+
+def _ask(drv, wait, text, n):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = drv.find_element(By.ID, "question")
+    box.send_keys(text, Keys.ENTER)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".turn[data-state]")) >= n)
+    return drv.find_elements(By.CSS_SELECTOR, ".turn")[n - 1]
+
+
+def test_chat_page_in_chromium(served, browser, tiny_pipe):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 20)
+    browser.get(served + "/")
+    wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-ready") == "1")
+    assert "ready" in browser.find_element(By.ID, "status").text
+    session = browser.find_element(By.ID, "session-id").text
+    assert len(session) == 8
+
+    turn = _ask(browser, wait, "good morning", 1)
+    assert turn.get_attribute("data-state") == "answered"
+    expected = tiny_pipe.answer(["good morning"], k=5)[0]
+    answer = turn.find_element(By.CSS_SELECTOR, ".a")
+    assert answer.text.startswith(expected.text) and f"score {expected.score:.3f}" in answer.text
+    rows = turn.find_elements(By.CSS_SELECTOR, "table.cands tr")
+    assert len(rows) == 5 and rows[0].text.startswith(expected.text)
+    assert "baseline:" in turn.find_element(By.CSS_SELECTOR, ".base").text
+
+    again = _ask(browser, wait, "good morning", 2)  # the same session: the answer just given ranks lower
+    second = again.find_element(By.CSS_SELECTOR, ".a").text
+    assert not second.startswith(expected.text)
+
+    browser.refresh()  # the session stays with the page
+    wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-ready") == "1")
+    assert browser.find_element(By.ID, "session-id").text == session
+    browser.find_element(By.ID, "new-session").click()
+    assert browser.find_element(By.ID, "session-id").text != session
+    assert not browser.find_elements(By.CSS_SELECTOR, ".turn")
