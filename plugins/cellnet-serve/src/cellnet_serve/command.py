@@ -52,6 +52,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help=f"request body size limit, 413 beyond (default {d.max_body_bytes})")
     g.add_argument("--max-texts", type=int, default=d.max_texts, metavar="N",
                    help=f"questions, texts or embeddings per request, 413 beyond (default {d.max_texts})")
+    g.add_argument("--cache-embeddings", action="store_true",
+                   help="keep the questions' embeddings in the on-disk embedding cache (default off: a server's "
+                        "stream of new texts would grow it without bound)")
     g = p.add_argument_group("sessions")
     g.add_argument("--session-turns", type=int, default=s.max_turns, metavar="N",
                    help=f"turns kept per session (default {s.max_turns})")
@@ -81,7 +84,7 @@ def settings_from_args(args: argparse.Namespace):
     return ServeSettings(host=args.host, port=args.port, api_key=api_key_from_env(args.api_key),
                          max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          timeout=args.timeout, max_body_bytes=args.max_body_bytes, max_texts=args.max_texts,
-                         sessions=sessions)
+                         cache_embeddings=args.cache_embeddings, sessions=sessions)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -103,6 +106,31 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _server_class():
+    """uvicorn's server, except that after SIGTERM or Ctrl-C (requests in flight answered, queue
+    drained) it returns, so the command exits 0, instead of re-raising the signal."""
+    import contextlib
+    import signal
+    import threading
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM / Ctrl-C; 0 after a clean shutdown."""
     import logging
@@ -116,7 +144,12 @@ def run(args: argparse.Namespace) -> int:
     from cellnet_serve.app import create_app
     from cellnet_serve.service import Service, run_loader
 
-    logging.getLogger("cellnet.serve").setLevel(args.log_level.upper())
+    logger = logging.getLogger("cellnet.serve")
+    logger.setLevel(args.log_level.upper())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("cellnet serve: %(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     service = Service(run_loader(args.run_dir, args.device), settings, name=str(args.run_dir))
@@ -129,8 +162,9 @@ def run(args: argparse.Namespace) -> int:
         print(note, file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=int(settings.timeout) + 5,
                             access_log=args.log_level == "debug", lifespan="on")
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     server.run(sockets=[sock])
+    print("cellnet serve: stopped", file=sys.stderr, flush=True)
     if service.error:
         print(f"error: the run failed to load: {service.error}", file=sys.stderr)
         return 2

@@ -64,6 +64,8 @@ class Service:
         try:
             pipe = self.loader()
             pipe.eval()
+            if not self.settings.cache_embeddings and hasattr(pipe.encoder, "enabled"):
+                pipe.encoder.enabled = False  # questions go straight to the teacher, nothing kept
             self.pipe = pipe
             self.load_seconds = time.perf_counter() - t0
             log.info("loaded %s in %.1fs", self.name, self.load_seconds)

@@ -32,7 +32,9 @@ class ServeSettings:
     ``Retry-After``). ``timeout`` (seconds) bounds one request's wait for its answer (504 after).
     Sizes (413 beyond): ``max_body_bytes`` per request body, ``max_texts`` texts or embeddings per
     request, ``max_chars`` characters per text, ``max_k`` candidates. ``api_key``: when set, every
-    request but the chat page and the API documentation must carry it.
+    request but the chat page and the API documentation must carry it. ``cache_embeddings``: keep
+    the questions' teacher embeddings in the on-disk embedding cache (off: a server meets an
+    unbounded stream of new texts, which would grow the cache and the process without bound).
     """
 
     host: str = "127.0.0.1"
@@ -46,6 +48,7 @@ class ServeSettings:
     max_texts: int = 64
     max_chars: int = 2000
     max_k: int = 50
+    cache_embeddings: bool = False
     sessions: SessionSettings = field(default_factory=SessionSettings)
 
     def __post_init__(self) -> None:
