@@ -368,42 +368,80 @@ def _selection_items(dataset: Any, split: str) -> list[Any]:
         return []
 
 
+#: what ``cellnet eval`` says about answer-selection data and text metrics
+SELECTION_TEXT_NOTE = ("not computed for answer-selection data (each question ranks its own candidate "
+                       "sentences; there is no reference answer to decode against)")
+
+
 def evaluate(run: "Pipeline | str | Path", data: str | Path | None = None, baselines: Sequence[str] | None = None,
-             *, plugins: Plugins | None = None, device: str | None = None) -> dict[str, Any]:
+             *, plugins: Plugins | None = None, device: str | None = None, text: bool = True,
+             dump: str | Path | None = None, k: int = 5, per_question: bool = False) -> dict[str, Any]:
     """Evaluate a run beside baselines on held-out data (what ``cellnet eval`` prints).
 
     ``data``: a pairs file (JSONL/CSV/TSV) or a selection file (JSONL with ``candidates``); default
     the test split of the run's own dataset — its selection items (MAP/MRR over each question's own
     candidates) where it has them, else its pairs. ``baselines``: names (default the config's
     ``eval.baselines``). Returns ``{"data", "questions", "rows": [{"name", "recall@1", "mrr", ...}],
-    "compare": [...]}``; the first row is the run.
+    "compare": [...], "text": {...}}``; the first row is the run.
+
+    ``text`` (pairs data): each row also gets ``text``, the scores of its answers decoded through
+    the run's decoder (BLEU, sentence BLEU, ROUGE-L, token F1, exact match, re-embedding cosine,
+    abstentions; see :mod:`cellnet_core.text_metrics`); ``None`` with a ``text_note`` for a
+    baseline the decoder cannot read. ``result["text"]`` names the decoder, or says why the text
+    part was ``skipped`` (``text=False``; answer-selection data). ``dump``: write one JSON line per
+    test question (question, reference, answer, scores, the run's top ``k`` candidates, the
+    baselines' answers) to this file; ``per_question`` keeps those rows in ``result["per_question"]``.
     """
+    from cellnet_core.checkpoint import atomic_write_text
     from cellnet_core.evaluation import evaluate_pairs, evaluate_selection
 
+    if k < 1:
+        raise ConfigError(f"eval: -k must be at least 1 (got {k})")
+    if dump is not None and not text:
+        raise ConfigError("eval: --dump writes the decoded answers, which --no-text skips; drop one of them")
+    if dump is not None and Path(dump).is_dir():
+        raise ConfigError(f"eval: --dump {dump}: is a folder; give a file name, e.g. {Path(dump) / 'eval.jsonl'}")
     pm, registry = _plugins(plugins)
     pipe = _pipeline(run, (pm, registry), device)
     names = list(baselines) if baselines is not None else list(pipe.config.eval.baselines)
     chosen = _baselines(pm, [n for n in names if n])
     dataset = registry.build("dataset", pipe.config.data, None)
     train_pairs = dataset.pairs("train")
+
+    def selection(items: Any) -> dict[str, Any]:
+        if dump is not None:
+            raise ConfigError(f"eval: --dump writes decoded answers per question; text metrics are "
+                              f"{SELECTION_TEXT_NOTE}; drop --dump")
+        out = evaluate_selection(pipe, items, chosen, train_pairs)
+        out["text"] = {"skipped": SELECTION_TEXT_NOTE}
+        return out
+
+    def pairs(test: Any, pool: Any = None) -> dict[str, Any]:
+        out = evaluate_pairs(pipe, train_pairs, test, chosen, candidate_pool=pool,
+                             max_questions=pipe.config.eval.max_questions, text=text, k=k)
+        if not text:
+            out["text"] = {"skipped": "not asked for (--no-text)"}
+        return out
+
     if data is not None:
         kind = data_kind(data)
         user = registry.build("dataset", {"name": kind, "test": str(data)}, None)
-        if kind == "selection":
-            result = evaluate_selection(pipe, user.selection("test"), chosen, train_pairs)
-        else:
-            result = evaluate_pairs(pipe, train_pairs, user.pairs("test"), chosen,
-                                    max_questions=pipe.config.eval.max_questions)
+        result = selection(user.selection("test")) if kind == "selection" else pairs(user.pairs("test"))
         result["data"] = str(data)
     elif _selection_items(dataset, "test"):
         # answer-selection data: each test question ranks its own candidates (the task's measure)
-        result = evaluate_selection(pipe, _selection_items(dataset, "test"), chosen, train_pairs)
+        result = selection(_selection_items(dataset, "test"))
         result["data"] = f"{pipe.config.data.name}:test (selection)"
     else:
         pool = None
         if pipe.config.eval.candidates == "all":
             pool = [p.answer for s in ("train", "val", "test") for p in dataset.pairs(s)]
-        result = evaluate_pairs(pipe, train_pairs, dataset.pairs("test"), chosen, candidate_pool=pool,
-                                max_questions=pipe.config.eval.max_questions)
+        result = pairs(dataset.pairs("test"), pool)
         result["data"] = f"{pipe.config.data.name}:test"
+    rows = result.get("per_question") if per_question else result.pop("per_question", None)
+    if dump is not None and rows is not None:
+        import json
+
+        atomic_write_text(dump, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        result["dump"] = {"path": str(dump), "rows": len(rows)}
     return result

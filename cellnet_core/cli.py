@@ -395,13 +395,16 @@ def cmd_eval(args) -> int:
     pm, registry = _load()
     pipe = _load_run(args, registry)
     names = args.baselines.split(",") if args.baselines else None
-    result = api.evaluate(pipe, args.data, names, plugins=(pm, registry))
+    result = api.evaluate(pipe, args.data, names, plugins=(pm, registry), text=not args.no_text, dump=args.dump,
+                          k=args.k)
     if args.json:
         _print(result, True)
     else:
         print(f"{result['data']}: {result['questions']} questions"
               + (f", {result['candidates']} candidate answers" if "candidates" in result else ""))
         print(format_table(result))
+    if "dump" in result:
+        print(f"wrote {result['dump']['rows']} rows (one per question) to {result['dump']['path']}", file=sys.stderr)
     return 0
 
 
@@ -584,13 +587,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = _sub(sub, "eval", "evaluate a run and the baselines on held-out data",
              "  cellnet eval runs/demo\n  cellnet eval runs/demo --baselines identity,mean --json\n"
-             "  cellnet eval runs/demo --data my_pairs.jsonl")
+             "  cellnet eval runs/demo --data my_pairs.jsonl\n"
+             "  cellnet eval runs/demo --dump answers.jsonl     (one row per question, for error analysis)\n"
+             "  cellnet eval runs/demo --no-text                (embedding metrics only: no decoding)",
+             description="Evaluate a run and the baselines on held-out data: rank the candidate answers by "
+                         "embedding (recall@1, recall@10, MRR, cosine) and, on question-answer pairs, score "
+                         "the answer text decoded through the run's decoder against the reference answers "
+                         "(BLEU, sentence BLEU, ROUGE-L, token F1, exact match, re-embedding cosine; an empty "
+                         "answer counts as an abstention and scores 0).")
     s.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by 'cellnet train'")
     s.add_argument("--data", metavar="FILE", help="a pairs (JSONL/CSV/TSV) or selection (JSONL) file "
                                                   "(default: the test split of the run's dataset)")
     s.add_argument("--baselines", metavar="A,B", help="comma-separated baseline names (default: the config's "
                                                       "eval.baselines)")
-    s.add_argument("--json", action="store_true", help="print the metrics and comparisons as JSON")
+    s.add_argument("--json", action="store_true", help="print the metrics, text scores and comparisons as JSON")
+    s.add_argument("--no-text", action="store_true",
+                   help="skip decoding and the text metrics (decoding costs one decoder call per question)")
+    s.add_argument("--dump", metavar="FILE.jsonl",
+                   help="write one JSON line per test question: question, reference, answer, scores, the "
+                        "run's top candidates with scores and each baseline's answer")
+    s.add_argument("-k", type=int, default=5, metavar="K", help="candidates per question in --dump (default 5)")
     s.add_argument("--device", default=None, help=_DEVICE_HELP)
     s.set_defaults(func=cmd_eval)
 

@@ -1,11 +1,18 @@
-"""Metrics: embedding similarity, ranking (recall@k, MRR, MAP) and text overlap (BLEU, token F1, EM)."""
+"""Metrics: embedding similarity, ranking (recall@k, MRR, MAP) and paired bootstrap intervals.
+
+The text metrics (BLEU, ROUGE-L, token F1, exact match) live in :mod:`cellnet_core.text_metrics`;
+the ones scripts import from here are re-exported.
+"""
 
 from __future__ import annotations
 
-import re
-import string
-from collections import Counter
 from typing import Sequence
+
+from cellnet_core.text_metrics import corpus_bleu, exact_match, normalize_answer, rouge_l, sentence_bleu, token_f1
+
+__all__ = ["cosine", "ranks_of_targets", "recall_at_k", "mrr", "paired_bootstrap", "bootstrap_verdict",
+           "average_precision", "reciprocal_rank", "mean_average_precision", "selection_mrr", "mean",
+           "corpus_bleu", "exact_match", "normalize_answer", "rouge_l", "sentence_bleu", "token_f1"]
 
 
 def cosine(a, b):
@@ -93,38 +100,6 @@ def selection_mrr(items: Sequence[tuple[Sequence[float], Sequence[int]]]) -> flo
     """Mean :func:`reciprocal_rank` over ``(scores, labels)`` items that have a positive label."""
     rrs = [reciprocal_rank(s, l) for s, l in items if any(l)]
     return sum(rrs) / len(rrs) if rrs else 0.0
-
-
-_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
-
-
-def normalize_text(text: str) -> str:
-    """Lower case, punctuation to spaces, whitespace collapsed (for exact match and token F1)."""
-    return " ".join(_PUNCT.sub(" ", text.lower()).split())
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """SQuAD-style token F1 of ``prediction`` against ``reference`` after :func:`normalize_text`."""
-    p, r = normalize_text(prediction).split(), normalize_text(reference).split()
-    if not p and not r:
-        return 1.0
-    common = sum((Counter(p) & Counter(r)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(p), common / len(r)
-    return 2 * precision * recall / (precision + recall)
-
-
-def exact_match(prediction: str, reference: str) -> float:
-    """1.0 when both texts are equal after :func:`normalize_text`, else 0.0."""
-    return float(normalize_text(prediction) == normalize_text(reference))
-
-
-def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU (sacrebleu, 0–100) with one reference per prediction."""
-    import sacrebleu
-
-    return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
 
 
 def mean(values: Sequence[float]) -> float:
