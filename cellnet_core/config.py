@@ -83,6 +83,63 @@ def registered_name(kind: str, *, extra: tuple[str, ...] = ()) -> Any:
     return Annotated[str, AfterValidator(check)]
 
 
+def validate_registered(kind: str, value: Any, context: dict | None = None, *,
+                        builtin: dict[str, type] | None = None, loc: tuple[Any, ...] = ()) -> ComponentConfig:
+    """Validate a nested part (``{"name": ..., ...}`` or a bare name) into the config class that the
+    registered ``kind`` of that name has: what ``core.cell`` and ``training.loss`` select by name.
+
+    The registry is taken from ``context["registry"]`` (present through :func:`load_config` and
+    :func:`validate_component`); without one, ``builtin`` (name → config class) is what exists.
+    Errors are a :class:`pydantic.ValidationError` whose locations start with ``loc``, so the
+    enclosing model reports them with the full path (``core.cell.hidden``); an unknown name lists
+    the available ones with a did-you-mean.
+    """
+    from pydantic_core import InitErrorDetails, PydanticCustomError
+
+    def fail(where: tuple[Any, ...], message: str, value: Any) -> ValidationError:
+        return ValidationError.from_exception_data(kind, [InitErrorDetails(
+            type=PydanticCustomError("value_error", message), loc=where, input=value)])
+
+    if isinstance(value, ComponentConfig):
+        return value
+    if isinstance(value, str):
+        value = {"name": value}
+    registry = (context or {}).get("registry")
+    available = registry.names(kind) if registry is not None else sorted(builtin or {})
+    if not isinstance(value, dict):
+        raise fail(loc, f"expected a {kind} name or a mapping with a 'name' field, got {type(value).__name__}", value)
+    if "name" not in value:
+        raise fail(loc + ("name",), f"required field missing (available {kind}s: {', '.join(available)})", value)
+    name = str(value["name"])
+    if name not in available:
+        from cellnet_core.registry import _unknown_message
+
+        raise fail(loc + ("name",), _unknown_message(kind, name, available, None).split(": ", 1)[1], value)
+    cls = registry.get(kind, name).config_cls if registry is not None else builtin[name]  # type: ignore[index]
+    try:
+        return cls.model_validate(value, context=context)
+    except ValidationError as exc:
+        raise ValidationError.from_exception_data(kind, [InitErrorDetails(
+            type=PydanticCustomError(e["type"], e["msg"]), loc=loc + tuple(e["loc"]), input=e.get("input"))
+            for e in exc.errors()]) from None
+
+
+def registered_component(kind: str, *, builtin: dict[str, type] | None = None) -> Any:
+    """The type of a config field that selects a registered part of ``kind`` by name, with that
+    part's own config: ``cell: registered_component("cell")`` accepts ``{name: nca, hidden: 64}``
+    or ``nca`` and holds the ``nca`` cell's validated config (see :func:`validate_registered`).
+    Third-party parts of that kind are accepted once their plugin is installed."""
+    from pydantic import SerializeAsAny, WithJsonSchema, WrapValidator
+
+    def check(value: Any, handler: Any, info: ValidationInfo) -> ComponentConfig:
+        return validate_registered(kind, value, info.context, builtin=builtin)
+
+    schema = {"anyOf": [{"type": "string"},
+                        {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}],
+              "description": f"a registered {kind} by name, with its options (cellnet components --kind {kind})"}
+    return Annotated[SerializeAsAny[ComponentConfig], WrapValidator(check), WithJsonSchema(schema)]
+
+
 class EvalConfig(BaseModel):
     """How ``cellnet eval`` measures a run."""
 

@@ -14,7 +14,9 @@ from typing import Any, Callable
 
 from cellnet_core.errors import DuplicateComponentError, MissingDependencyError, UnknownComponentError
 
-KINDS: tuple[str, ...] = ("encoder", "reshaper", "core", "kernel", "decoder", "strategy", "dataset")
+#: ``cell`` (a lattice's update rule) and ``loss`` (a training objective) are the smaller parts that
+#: other components select by name in their own config (``core.cell``, ``training.loss``).
+KINDS: tuple[str, ...] = ("encoder", "reshaper", "core", "kernel", "decoder", "strategy", "dataset", "cell", "loss")
 
 #: Past this many names an error shows only the closest few and points to ``cellnet components``.
 _MAX_LISTED = 20

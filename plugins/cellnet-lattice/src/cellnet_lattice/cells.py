@@ -9,6 +9,15 @@ and no single step can move a channel by more than ``b`` — long rollouts canno
 ``inp is None`` means "no input injected at this step" and is exactly the same as passing zeros
 (the input's columns of the first layer are skipped instead of multiplied by zeros).
 
+Cells are registered components (kind ``cell``): the lattice's ``core.cell: {name: nca, hidden:
+64}`` names one, and a plugin adds its own through ``cellnet_register_components`` with
+``registry.add("cell", NAME, ConfigCls, factory)``. ``factory(config, ctx)`` gets a
+:class:`CellContext` (``ctx.channels`` C, ``ctx.k`` K) and returns an ``nn.Module`` with the call
+above, usually a :class:`Cell` subclass. A cell whose update of one cell depends on anything but
+that cell's own ``(neigh, own, inp)`` row (statistics over the batch or the lattice, say) sets
+``rowwise = False``: the fast kernels, which evaluate cells in blocks and slabs, then run the
+``reference`` step for it.
+
 Cells:
 
 ``mlp``
@@ -30,6 +39,8 @@ Cells:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -40,6 +51,10 @@ class Cell(nn.Module):
     """Base class: ``channels`` C, ``k`` K neighbours, ``hidden`` H."""
 
     name = "cell"
+    #: the update of each cell depends only on its own ``(neigh, own, inp)`` row, so a kernel may
+    #: evaluate any subset of cells, in any layout, and get the same numbers (checked by
+    #: ``CellContract``); False makes the fast kernels run the reference step instead
+    rowwise: ClassVar[bool] = True
 
     def __init__(self, channels: int, k: int, hidden: int, delta_bound: float = 1.0):
         super().__init__()
@@ -164,10 +179,51 @@ class NCACell(Cell):
         return super().extra_repr() + f", filters={self.filters}"
 
 
+#: the lattice plugin's own cells (registered as ``cell`` components by its plugin module)
 CELLS: dict[str, type[Cell]] = {"mlp": MLPCell, "gmlp": GatedMLPCell, "nca": NCACell}
 
 
-def build_cell(cfg, channels: int, k: int) -> Cell:
-    """Build a cell from its config (:mod:`cellnet_lattice.config` ``cell`` union)."""
-    extra = {"filters": cfg.filters} if cfg.name == "nca" else {}
-    return CELLS[cfg.name](channels, k, cfg.hidden, delta_bound=cfg.delta_bound, **extra)
+@dataclass
+class CellContext:
+    """What a cell factory gets besides its config: the lattice's ``channels`` C and ``k`` K
+    neighbours per cell (both fixed by the reshaper and the neighbourhood), plus the registry,
+    device and seed of the build."""
+
+    channels: int
+    k: int
+    registry: Any = None
+    device: Any = None
+    seed: int = 0
+
+
+def build_mlp(cfg, ctx: CellContext) -> MLPCell:
+    """Factory of the ``mlp`` cell."""
+    return MLPCell(ctx.channels, ctx.k, cfg.hidden, delta_bound=cfg.delta_bound)
+
+
+def build_gmlp(cfg, ctx: CellContext) -> GatedMLPCell:
+    """Factory of the ``gmlp`` cell."""
+    return GatedMLPCell(ctx.channels, ctx.k, cfg.hidden, delta_bound=cfg.delta_bound)
+
+
+def build_nca(cfg, ctx: CellContext) -> NCACell:
+    """Factory of the ``nca`` cell."""
+    return NCACell(ctx.channels, ctx.k, cfg.hidden, filters=cfg.filters, delta_bound=cfg.delta_bound)
+
+
+_BUILTIN = {"mlp": build_mlp, "gmlp": build_gmlp, "nca": build_nca}
+
+
+def build_cell(cfg, channels: int, k: int, registry: Any = None, *, device: Any = None, seed: int = 0) -> nn.Module:
+    """Build the cell ``cfg`` names through the registry (any registered cell, third-party ones
+    included); without a registry only the built-in ``mlp``, ``gmlp`` and ``nca`` exist."""
+    ctx = CellContext(int(channels), int(k), registry, device, seed)
+    if registry is not None:
+        cell = registry.build("cell", cfg, ctx)
+    else:
+        cell = _BUILTIN[cfg.name](cfg, ctx)
+    if not isinstance(cell, nn.Module):
+        plugin = registry.get("cell", cfg.name).plugin if registry is not None else "cellnet-lattice"
+        raise TypeError(f"cell '{cfg.name}' (plugin '{plugin}') built a {type(cell).__name__}, not a "
+                        "torch.nn.Module: a cell factory returns a module called as cell(neigh, own, inp)")
+    return cell

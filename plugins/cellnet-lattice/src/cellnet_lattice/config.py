@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cellnet_core.config import ComponentConfig, registered_name
+from cellnet_core.config import ComponentConfig, registered_component, registered_name
 
 Shape = tuple[int, int, int]
 Face = Literal["x=0", "x=-1", "y=0", "y=-1", "z=0", "z=-1"]
@@ -23,8 +23,8 @@ class _Sub(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# -- cells ---------------------------------------------------------------------------------------
-class MLPCellConfig(_Sub):
+# -- cells (kind ``cell``; selected by ``core.cell``) ----------------------------------------------
+class MLPCellConfig(ComponentConfig):
     """``concat(neighbours K·C, own C, input C) → hidden → C``."""
 
     name: Literal["mlp"] = "mlp"
@@ -33,7 +33,7 @@ class MLPCellConfig(_Sub):
                                description="soft bound b of each step's update, delta = b·tanh(raw/b); 0: off")
 
 
-class GatedMLPCellConfig(_Sub):
+class GatedMLPCellConfig(ComponentConfig):
     """Gated MLP: neighbour tokens gated by a learned K×K spatial mixing (gMLP's spatial gating unit)."""
 
     name: Literal["gmlp"] = "gmlp"
@@ -42,7 +42,7 @@ class GatedMLPCellConfig(_Sub):
                                description="soft bound b of each step's update, delta = b·tanh(raw/b); 0: off")
 
 
-class NCACellConfig(_Sub):
+class NCACellConfig(ComponentConfig):
     """Growing-NCA style: learned depthwise perception filters over the neighbourhood, then an MLP."""
 
     name: Literal["nca"] = "nca"
@@ -53,7 +53,12 @@ class NCACellConfig(_Sub):
                                description="soft bound b of each step's update, delta = b·tanh(raw/b); 0: off")
 
 
-CellConfig = Annotated[Union[MLPCellConfig, GatedMLPCellConfig, NCACellConfig], Field(discriminator="name")]
+#: the cells that exist without a registry at hand (a config built directly in Python)
+BUILTIN_CELLS: dict[str, type[ComponentConfig]] = {"mlp": MLPCellConfig, "gmlp": GatedMLPCellConfig,
+                                                   "nca": NCACellConfig}
+
+#: ``core.cell``: any registered cell by name, with its own config
+CellConfig = registered_component("cell", builtin=BUILTIN_CELLS)
 
 
 class PlasticityConfig(_Sub):
@@ -84,7 +89,8 @@ class LatticeCoreConfig(ComponentConfig):
 
     name: Literal["lattice"] = "lattice"
     cell: CellConfig = Field(default_factory=MLPCellConfig,
-                             description="the cell update rule: {name: mlp|gmlp|nca, hidden, ...}")
+                             description="the cell update rule, a registered cell with its options: {name: mlp, hidden: 64} "
+                                         "(built in: mlp, gmlp, nca; see cellnet components --kind cell)")
     steps: int = Field(8, ge=0, le=10000, description="lattice steps T (the most; see tol)")
     neighbourhood: Literal["von-neumann", "18", "moore"] = Field(
         "von-neumann", description="neighbours per cell: von-neumann (6 faces), 18 (faces+edges), moore (26)")
@@ -114,11 +120,6 @@ class LatticeCoreConfig(ComponentConfig):
                                                        "every step (0: off)")
     plasticity: PlasticityConfig = Field(default_factory=PlasticityConfig,
                                          description="unsupervised plasticity of the edge weights (off by default)")
-
-    @field_validator("cell", mode="before")
-    @classmethod
-    def _cell_by_name(cls, v: Any) -> Any:
-        return {"name": v} if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _plasticity_needs_weights(self) -> "LatticeCoreConfig":

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from cellnet_lattice.cells import Cell, build_cell
+from cellnet_lattice.cells import build_cell
 from cellnet_lattice.topology import Topology
 
 log = logging.getLogger("cellnet_lattice")
@@ -48,14 +48,14 @@ class LatticeCore(nn.Module):
 
     Args:
         shape, channels: the lattice (from the reshaper).
-        cell: a :class:`~cellnet_lattice.cells.Cell`.
+        cell: a :class:`~cellnet_lattice.cells.Cell` (or any module called as ``cell(neigh, own, inp)``).
         topology: a :class:`~cellnet_lattice.topology.Topology` of the same shape.
         kernel: an object with ``step(state, field, cell, topology)`` and ``name``.
         steps: T.  injection: ``first`` or ``every``.  edge_weights: ``none``, ``shared``, ``per-cell``.
         fire_rate, tol, patience, checkpoint_steps, state_clip, plasticity: see the config.
     """
 
-    def __init__(self, shape: Sequence[int], channels: int, cell: Cell, topology: Topology, kernel: Any,
+    def __init__(self, shape: Sequence[int], channels: int, cell: nn.Module, topology: Topology, kernel: Any,
                  steps: int = 8, injection: str = "first", edge_weights: str = "none", fire_rate: float = 1.0,
                  tol: float = 0.0, patience: int = 1, checkpoint_steps: bool = False, state_clip: float = 0.0,
                  plasticity: Any = None):
@@ -202,7 +202,8 @@ def build_lattice(cfg, ctx) -> LatticeCore:
         raise ConfigError("core 'lattice' needs a reshaper (shape, channels) built before it")
     shape, channels = tuple(reshaper.shape), int(reshaper.channels)
     topology = Topology(shape, cfg.neighbourhood, cfg.boundary)
-    cell = build_cell(cfg.cell, channels, topology.k)
+    cell = build_cell(cfg.cell, channels, topology.k, getattr(ctx, "registry", None),
+                      device=getattr(ctx, "device", None), seed=getattr(ctx, "seed", 0))
     name = cfg.kernel
     if name == "auto":
         name = choose_kernel(ctx.registry, ctx.device)
@@ -215,5 +216,6 @@ def build_lattice(cfg, ctx) -> LatticeCore:
                        patience=cfg.patience, checkpoint_steps=cfg.checkpoint_steps, state_clip=cfg.state_clip,
                        plasticity=cfg.plasticity)
     core.kernel_name = name
-    log.info("lattice: %s, cell %s (%d parameters)", core.extra_repr(), cfg.cell.name, cell.num_params())
+    log.info("lattice: %s, cell %s (%d parameters)", core.extra_repr(), cfg.cell.name,
+             sum(p.numel() for p in cell.parameters()))
     return core

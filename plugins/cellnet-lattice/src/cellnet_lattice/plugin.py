@@ -10,10 +10,17 @@ _PKG = "cellnet_lattice"
 
 @hookimpl
 def cellnet_register_components(registry) -> None:
-    """Register the ``lattice`` core, the ``reference`` kernel, the reshapers and the pair scorers."""
+    """Register the ``lattice`` core, its cells, the ``reference`` kernel, the reshapers and the pair
+    scorers."""
     registry.add("core", "lattice", c.LatticeCoreConfig, f"{_PKG}.core:build_lattice",
-                 summary="3D cellular lattice: T synchronous steps of a learned cell (mlp, gmlp, nca) "
+                 summary="3D cellular lattice: T synchronous steps of a learned cell (any registered cell) "
                          "over a 6/18/26-neighbourhood")
+    registry.add("cell", "mlp", c.MLPCellConfig, f"{_PKG}.cells:build_mlp",
+                 summary="MLP over concat(neighbours, own, input) → hidden → C (last layer zero: starts as identity)")
+    registry.add("cell", "gmlp", c.GatedMLPCellConfig, f"{_PKG}.cells:build_gmlp",
+                 summary="gated MLP: neighbour tokens gated by a learned K×K spatial mixing (gMLP's gating unit)")
+    registry.add("cell", "nca", c.NCACellConfig, f"{_PKG}.cells:build_nca",
+                 summary="Growing-NCA style: learned depthwise perception filters over the neighbourhood, then an MLP")
     registry.add("kernel", "reference", c.ReferenceKernelConfig, f"{_PKG}.kernels:build_reference",
                  summary="reference lattice step: index_select gather + cell (clear, slow; parity baseline)")
     registry.add("reshaper", "surface", c.SurfaceReshaperConfig, f"{_PKG}.reshapers:build_surface",
