@@ -143,7 +143,7 @@ UNTRAINED_NOTE = ("the saved weights are the untrained start (best validation ep
 def train(config: str | Path | dict[str, Any] | "BaseModel" | None, run_dir: str | Path, *,
           overwrite: bool = False, resume: bool = False, overrides: Sequence[str] = (),
           plugins: Plugins | None = None, echo: Callable[[str], None] | None = _stderr,
-          extras: dict[str, Any] | None = None) -> "Pipeline":
+          extras: dict[str, Any] | None = None, restart: bool = False) -> "Pipeline":
     """Train a run into ``run_dir`` and return its :class:`~cellnet_core.pipeline.Pipeline`.
 
     ``config``: a YAML path, a mapping or a validated config (see :func:`load_config`); with
@@ -154,19 +154,39 @@ def train(config: str | Path | dict[str, Any] | "BaseModel" | None, run_dir: str
     unless ``overwrite`` (the old run is replaced once the new one is complete) or ``resume``
     (continue the interrupted run in ``.<name>.partial``, or train a complete run further).
     Everything that can be checked before training (config, data files, the parts being
-    buildable) is checked before any file is written.
+    buildable) is checked before any file is written. One process writes a run at a time (a
+    second is refused, naming the first: :func:`cellnet_core.run.lock_run_dir`). A resumed run
+    is verified first and may change only the config keys in
+    :data:`cellnet_core.run.RESUMABLE_KEYS`; ``restart`` trains it again from scratch (the way
+    on when its training state is gone).
 
     ``echo`` receives the progress lines (run directory, kernel, summary; default: stderr; ``None``
     is silent). ``extras`` are passed to the strategy through ``RunContext.extras``. The returned
     pipeline has ``run_dir`` (the final directory) and ``train_info`` (the manifest's ``train``
     entry: epochs, best_epoch, seconds, metrics, untrained).
     """
+    from cellnet_core.run import lock_run_dir
+
+    launched = os.environ.get(STAGING_ENV)  # a worker of a data-parallel launch: its parent holds the lock
+    lock = None if launched else lock_run_dir(run_dir)
+    try:
+        return _train(config, run_dir, overwrite=overwrite, resume=resume, overrides=overrides, plugins=plugins,
+                      echo=echo, extras=extras, restart=restart)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config: Any, run_dir: str | Path, *, overwrite: bool, resume: bool, overrides: Sequence[str],
+           plugins: Plugins | None, echo: Callable[[str], None] | None, extras: dict[str, Any] | None,
+           restart: bool) -> "Pipeline":
     import yaml
 
     from cellnet_core.checkpoint import atomic_write_text
     from cellnet_core.config import config_to_dict
     from cellnet_core.pipeline import CONFIG_FILE, Pipeline
-    from cellnet_core.run import RunContext, partial_dir, prepare_run_dir, publish_run_dir, target_of
+    from cellnet_core.run import (RunContext, check_resume_config, config_hash, partial_dir, prepare_run_dir,
+                                  publish_run_dir, target_of)
 
     say = echo or (lambda line: None)
     pm, registry = _plugins(plugins)
@@ -175,12 +195,15 @@ def train(config: str | Path | dict[str, Any] | "BaseModel" | None, run_dir: str
     launched = os.environ.get(STAGING_ENV)  # a worker of a data-parallel launch: the parent prepared it
     target = Path(os.environ.get(TARGET_ENV) or run_dir) if launched else target_of(run_dir)
     if resume and not launched:
-        prepare_run_dir(target, resume=True, overwrite=overwrite, dry_run=True)
+        prepare_run_dir(target, resume=True, overwrite=overwrite, dry_run=True, restart=restart)
     if resume and config is None:
         config = find_run_config(launched or resume_source(target))
     if config is None:
         raise ConfigError("train: give a config (a YAML file, a mapping or a validated config)")
     config = load_config(config, overrides, plugins=(pm, registry))
+    if resume and not restart:  # a resumed run continues under its own config (resumable keys aside)
+        source = Path(launched) if launched else resume_source(target)
+        check_resume_config(source, load_config(find_run_config(source), plugins=(pm, registry)), config)
     if not launched and not resume:
         prepare_run_dir(target, overwrite=overwrite, dry_run=True)
     # the dataset first: a bad data file fails before any model loads or any file is written
@@ -196,7 +219,7 @@ def train(config: str | Path | dict[str, Any] | "BaseModel" | None, run_dir: str
     if launched:
         partial = Path(launched)
     else:
-        partial = prepare_run_dir(target, overwrite=overwrite, resume=resume)
+        partial = prepare_run_dir(target, overwrite=overwrite, resume=resume, restart=restart)
     try:
         if rank == 0:
             atomic_write_text(partial / CONFIG_FILE, yaml.safe_dump(config_to_dict(config), sort_keys=False))
@@ -205,7 +228,8 @@ def train(config: str | Path | dict[str, Any] | "BaseModel" | None, run_dir: str
             if kernel:
                 say(f"lattice kernel: {kernel}")
         before = {k: v.detach().cpu().clone() for k, v in pipeline.state_tensors().items()}
-        run = RunContext(partial, seed=config.seed, resume=resume, hook=pm.hook, rank=rank, world_size=world)
+        run = RunContext(partial, seed=config.seed, resume=resume, hook=pm.hook, rank=rank, world_size=world,
+                         config_hash=config_hash(config), restart=restart)
         run.extras.update(extras or {})
         result = strategy.fit(pipeline, data, run)
         pipeline.run_dir = target
@@ -215,6 +239,7 @@ def train(config: str | Path | dict[str, Any] | "BaseModel" | None, run_dir: str
                 "seconds": round(time.perf_counter() - t0, 2), "metrics": result.metrics,
                 "untrained": _untrained(pipeline, before, result.best_epoch)}
         extra_files = sorted(partial.glob("*.png")) + [p for p in (partial / "metrics.jsonl",) if p.exists()]
+        extra_files += run.state_files()  # what a resume reads back: verified with the rest
         pipeline.save(partial, extra_files=extra_files, manifest_extra={"train": info})
     except BaseException:
         if rank == 0 and not launched:  # a launch's parent speaks once for all its workers

@@ -1,8 +1,12 @@
 """Checkpoints: safetensors weights + a JSON manifest with plugin versions and file hashes.
 
 No pickle anywhere. Every write is atomic (temporary file in the same folder, then rename), so an
-interrupted save leaves the previous file intact. :func:`verify_manifest` names the first damaged
-or missing file.
+interrupted save leaves the previous file intact. Every safetensors file cellnet writes carries a
+checksum of its tensors and metadata (``cellnet_sha256`` in its header), checked whenever it is
+read, so a flipped byte is found even in a file no manifest lists yet (a training checkpoint).
+:func:`verify_manifest` names the first damaged, missing or unlisted file; manifest entries are
+relative paths to regular files inside the run directory (absolute paths, ``..``, links out of it
+and device files are refused).
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -19,6 +25,13 @@ from cellnet_core.errors import CheckpointError
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 MANIFEST_VERSION = 1
+CONFIG_FILE = "config.yaml"
+#: files every run directory's manifest must list (its config and its weights)
+REQUIRED_FILES = (CONFIG_FILE, WEIGHTS)
+#: folders whose every file the manifest must list (what loading a run reads as a whole)
+LISTED_FOLDERS = ("encoder", "decoder")
+#: the metadata key of a safetensors file's checksum (see :func:`tensors_checksum`)
+CHECKSUM_KEY = "cellnet_sha256"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -58,26 +71,74 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def save_tensors(path: str | Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
-    """Save a flat ``{name: tensor}`` mapping as safetensors, atomically."""
+def tensors_checksum(tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> str:
+    """SHA-256 (hex) over every tensor's name, dtype, shape and bytes (names sorted) and every
+    metadata entry but the checksum itself: what :func:`save_tensors` stores under ``cellnet_sha256``."""
+    import torch
+
+    h = hashlib.sha256()
+    for key in sorted((metadata or {})):
+        if key != CHECKSUM_KEY:
+            h.update(json.dumps([key, metadata[key]]).encode("utf-8"))
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode("utf-8"))
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_tensors(path: str | Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> str:
+    """Save a flat ``{name: tensor}`` mapping as safetensors, atomically, with its checksum in the
+    metadata (``cellnet_sha256``, see :func:`tensors_checksum`); returns the checksum."""
     import torch
     from safetensors.torch import save
 
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items() if isinstance(v, torch.Tensor)}
-    atomic_write_bytes(path, save(clean, metadata=metadata))
+    meta = {k: v for k, v in (metadata or {}).items() if k != CHECKSUM_KEY}
+    meta[CHECKSUM_KEY] = tensors_checksum(clean, meta)
+    atomic_write_bytes(path, save(clean, metadata=meta))
+    return meta[CHECKSUM_KEY]
 
 
-def load_tensors(path: str | Path) -> dict[str, Any]:
-    """Load a safetensors file; a missing or unreadable file raises :class:`CheckpointError` naming it."""
+def _header_metadata(raw: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's bytes (the header is parsed by safetensors first)."""
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + n].decode("utf-8")).get("__metadata__") or {}
+
+
+def read_tensors(path: str | Path, *, require_checksum: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+    """``(tensors, metadata)`` of a safetensors file, its checksum verified when it has one.
+
+    Missing, unreadable, damaged (the checksum does not match) or — with ``require_checksum`` —
+    without a checksum: :class:`CheckpointError` naming the file."""
     from safetensors.torch import load
 
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: missing")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file")
+    raw = path.read_bytes()
     try:
-        return load(path.read_bytes())
+        tensors = load(raw)
+        meta = _header_metadata(raw)
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types on damage
         raise CheckpointError(f"{path}: damaged or not a safetensors file ({exc})") from None
+    want = meta.get(CHECKSUM_KEY)
+    if want is None:
+        if require_checksum:
+            raise CheckpointError(f"{path}: has no checksum ({CHECKSUM_KEY}), so it cannot be verified; "
+                                  "it was not written by this version of cellnet")
+    elif tensors_checksum(tensors, meta) != want:
+        raise CheckpointError(f"{path}: damaged (its tensors do not match the checksum in its header)")
+    return tensors, meta
+
+
+def load_tensors(path: str | Path, *, require_checksum: bool = False) -> dict[str, Any]:
+    """Load a safetensors file (see :func:`read_tensors`); a missing, unreadable or damaged file
+    raises :class:`CheckpointError` naming it."""
+    return read_tensors(path, require_checksum=require_checksum)[0]
 
 
 def _flatten(obj: Any, prefix: str, tensors: dict[str, Any]) -> Any:
@@ -109,24 +170,25 @@ def _unflatten(obj: Any, tensors: dict[str, Any]) -> Any:
     return obj
 
 
-def save_tree(path: str | Path, obj: Any) -> None:
+def save_tree(path: str | Path, obj: Any) -> str:
     """Save nested dicts/lists of tensors and plain values (an optimizer's ``state_dict``) as
-    safetensors, the structure kept as JSON in the file's metadata. No pickle."""
+    safetensors, the structure kept as JSON in the file's metadata (covered by the checksum). No
+    pickle. Returns the file's checksum."""
     tensors: dict[str, Any] = {}
     structure = _flatten(obj, "", tensors)
-    save_tensors(path, tensors, metadata={"cellnet_tree": json.dumps(structure)})
+    return save_tensors(path, tensors, metadata={"cellnet_tree": json.dumps(structure)})
 
 
-def load_tree(path: str | Path) -> Any:
-    """What :func:`save_tree` saved; a file without its structure metadata raises :class:`CheckpointError`."""
-    from safetensors import safe_open
-
-    tensors = load_tensors(path)
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
+def load_tree(path: str | Path, *, require_checksum: bool = False) -> Any:
+    """What :func:`save_tree` saved, its checksum verified; a damaged file or one without its
+    structure metadata raises :class:`CheckpointError`."""
+    tensors, meta = read_tensors(path, require_checksum=require_checksum)
     if "cellnet_tree" not in meta:
         raise CheckpointError(f"{path}: not a cellnet state file (no structure metadata)")
-    return _unflatten(json.loads(meta["cellnet_tree"]), tensors)
+    try:
+        return _unflatten(json.loads(meta["cellnet_tree"]), tensors)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: damaged (its structure metadata does not parse: {exc})") from None
 
 
 def plugin_versions() -> dict[str, str]:
@@ -144,16 +206,80 @@ def plugin_versions() -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
+def entry_path(run_dir: str | Path, rel: str, where: str | Path | None = None) -> Path:
+    """The file a manifest entry ``rel`` names inside ``run_dir``, checked: a relative path without
+    ``..``, not leaving ``run_dir`` through a link, a regular file (not a device, pipe or folder).
+
+    Anything else raises :class:`CheckpointError` naming the entry (and ``where``, the manifest)."""
+    run_dir = Path(run_dir)
+    src = f" (in {where})" if where else ""
+    if not isinstance(rel, str) or not rel or "\x00" in rel:
+        raise CheckpointError(f"{run_dir}: manifest entry {rel!r} is not a file name{src}")
+    p = Path(rel)
+    if p.is_absolute() or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
+        raise CheckpointError(f"{run_dir}: manifest entry '{rel}' is an absolute path; entries are relative to "
+                              f"the run directory{src}")
+    if ".." in p.parts or ".." in rel.replace("\\", "/").split("/"):
+        raise CheckpointError(f"{run_dir}: manifest entry '{rel}' leaves the run directory ('..'){src}")
+    full = run_dir / p
+    root = run_dir.resolve()
+    try:
+        resolved = full.resolve()
+        resolved.relative_to(root)
+    except ValueError:
+        raise CheckpointError(f"{full}: a link out of the run directory (to {full.resolve()}){src}") from None
+    except OSError as exc:
+        raise CheckpointError(f"{full}: cannot be read ({exc.strerror or exc}){src}") from None
+    try:
+        mode = os.stat(full).st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"{full}: missing{' (listed in ' + str(where) + ')' if where else ''}") from None
+    except OSError as exc:
+        raise CheckpointError(f"{full}: cannot be read ({exc.strerror or exc}){src}") from None
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"{full}: not a regular file (only regular files are hashed){src}")
+    return full
+
+
+def refuse_links(run_dir: str | Path) -> None:
+    """Raise :class:`CheckpointError` when ``run_dir`` or anything inside it is a symbolic link:
+    cellnet writes only inside a run directory, and a link (``decoder/`` pointing elsewhere)
+    would carry a save out of it."""
+    run_dir = Path(run_dir)
+    if run_dir.is_symlink():
+        raise CheckpointError(f"{run_dir}: a symbolic link (to {os.readlink(run_dir)}); cellnet writes runs "
+                              "only into real folders")
+    if not run_dir.is_dir():
+        return
+    for here, dirs, files in os.walk(run_dir, followlinks=False):
+        for name in dirs + files:
+            p = Path(here) / name
+            if p.is_symlink():
+                raise CheckpointError(f"{p}: a symbolic link (to {os.readlink(p)}); cellnet writes only inside "
+                                      "the run directory: remove the link")
+
+
 def write_manifest(run_dir: str | Path, files: Iterable[str | Path], extra: dict[str, Any] | None = None) -> dict:
-    """Hash ``files`` (paths inside ``run_dir``) into ``manifest.json``."""
+    """Hash ``files`` (paths inside ``run_dir``: absolute, relative to it, or relative to the working
+    directory) into ``manifest.json``. A file outside ``run_dir``, a link out of it or anything but
+    a regular file raises :class:`CheckpointError`, and so does an empty list."""
     run_dir = Path(run_dir).resolve()
     entries = {}
     for f in files:
         p = Path(f)
-        # absolute, relative to the run directory, or relative to the working directory
-        full = p if p.is_absolute() else (run_dir / p if (run_dir / p).exists() else p.resolve())
-        rel = full.resolve().relative_to(run_dir)
-        entries[str(rel)] = {"sha256": sha256_file(full), "bytes": full.stat().st_size}
+        full = p if p.is_absolute() else (run_dir / p if (run_dir / p).exists() else p.absolute())
+        try:
+            rel = full.absolute().relative_to(run_dir)
+        except ValueError:
+            try:
+                rel = full.resolve().relative_to(run_dir)
+            except ValueError:
+                raise CheckpointError(f"{full}: outside the run directory {run_dir}; a manifest lists only "
+                                      "files inside it") from None
+        full = entry_path(run_dir, rel.as_posix())
+        entries[rel.as_posix()] = {"sha256": sha256_file(full), "bytes": full.stat().st_size}
+    if not entries:
+        raise CheckpointError(f"{run_dir}: a manifest must list the run's files; none given")
     manifest = {"manifest_version": MANIFEST_VERSION, "plugins": plugin_versions(), "files": entries, **(extra or {})}
     atomic_write_json(run_dir / MANIFEST, manifest)
     return manifest
@@ -180,14 +306,40 @@ def read_manifest(run_dir: str | Path) -> dict:
     return manifest
 
 
-def verify_manifest(run_dir: str | Path) -> dict:
-    """Check every file listed in the manifest exists and has its recorded hash."""
+def verify_manifest(run_dir: str | Path, required: Iterable[str] = REQUIRED_FILES,
+                    listed_folders: Iterable[str] = LISTED_FOLDERS, skip: Iterable[str] = ()) -> dict:
+    """Check the run directory against its manifest and return the manifest.
+
+    Every entry must be a relative path to a regular file inside ``run_dir`` (see
+    :func:`entry_path`) with its recorded SHA-256; the manifest must list every ``required`` file
+    and every file under ``listed_folders`` (what loading reads), so a manifest that lists nothing
+    verifies nothing and is refused. ``skip``: entries not checked (a resume asked to restart
+    checks its run without the training state). The first problem raises
+    :class:`CheckpointError` naming the file."""
     run_dir = Path(run_dir)
+    where = run_dir / MANIFEST
     manifest = read_manifest(run_dir)
-    for rel, info in manifest["files"].items():
-        path = run_dir / rel
-        if not path.exists():
-            raise CheckpointError(f"{path}: missing (listed in {run_dir / MANIFEST})")
-        if sha256_file(path) != info.get("sha256"):
-            raise CheckpointError(f"{path}: damaged (its sha256 does not match {run_dir / MANIFEST})")
+    files = manifest["files"]
+    if not files:
+        raise CheckpointError(f"{where}: lists no files, so it verifies nothing (a run's manifest lists "
+                              f"{', '.join(REQUIRED_FILES)} and every saved artefact)")
+    skip = set(skip)
+    for rel in required:
+        if rel not in files:
+            raise CheckpointError(f"{run_dir / rel}: not listed in {where} (a run's manifest must list it)")
+    for folder in listed_folders:
+        base = run_dir / folder
+        if base.is_dir() and not base.is_symlink():
+            for here, _dirs, names in os.walk(base, followlinks=False):
+                for name in names:
+                    rel = (Path(here) / name).relative_to(run_dir).as_posix()
+                    if rel not in files and not name.startswith("."):
+                        raise CheckpointError(f"{run_dir / rel}: not listed in {where} (every file under "
+                                              f"{folder}/ is loaded, so each must be listed)")
+    for rel, info in files.items():
+        if rel in skip:
+            continue
+        path = entry_path(run_dir, rel, where)
+        if not isinstance(info, dict) or sha256_file(path) != info.get("sha256"):
+            raise CheckpointError(f"{path}: damaged (its sha256 does not match {where})")
     return manifest

@@ -187,6 +187,8 @@ def cmd_train(args) -> int:
         raise ConfigError("train: --resume RUN_DIR names the run; drop --run-dir")
     if not args.resume and not args.config:
         raise ConfigError("train: give a CONFIG file or --resume RUN_DIR")
+    if args.restart and not args.resume:
+        raise ConfigError("train: --restart goes with --resume RUN_DIR (it trains that run again from scratch)")
     if args.resume:
         run_dir = target_of(args.resume)
         config = None
@@ -201,14 +203,14 @@ def cmd_train(args) -> int:
         # check and prepare once here, so that every worker writes the same partial directory
         api.load_config(config if config is not None else api.find_run_config(api.resume_source(run_dir)), args.set,
                         plugins=(pm, registry))
-        partial = prepare_run_dir(run_dir, overwrite=args.overwrite, resume=bool(args.resume))
+        partial = prepare_run_dir(run_dir, overwrite=args.overwrite, resume=bool(args.resume), restart=args.restart)
         os.environ[api.STAGING_ENV], os.environ[api.TARGET_ENV] = str(partial), str(run_dir)
         rc = int(launch(args.nproc, list(sys.argv[1:])) or 0)
         if rc:
             _interrupted_hint(partial, run_dir)
         return rc
     pipe = api.train(config, run_dir, overwrite=args.overwrite, resume=bool(args.resume),
-                     overrides=args.set, plugins=(pm, registry))
+                     overrides=args.set, plugins=(pm, registry), restart=args.restart)
     if pipe.train_info is not None:
         print(f"saved run: {pipe.run_dir}")
     return 0
@@ -356,13 +358,15 @@ def cmd_ask(args) -> int:
         results.append(row)
         if not args.json:
             if not interactive:  # the terminal already shows what was typed
-                print(f"Q: {q}")
+                print(f"Q: {printable(q)}")
             if ans.text:
-                print(f"A: {ans.text}   [score {ans.score:.3f}" + (f", {ans.steps} steps]" if ans.steps else "]"))
+                print(f"A: {printable(ans.text)}   [score {ans.score:.3f}"
+                      + (f", {ans.steps} steps]" if ans.steps else "]"))
             else:
                 print("A: (no confident match" + _nearest_note(pipe, ans) + ")")
             if args.baseline:
-                print(f"   baseline (question's own embedding): {row['baseline_answer'] or '(no confident match)'}")
+                print(f"   baseline (question's own embedding): "
+                      f"{printable(row['baseline_answer']) or '(no confident match)'}")
             sys.stdout.flush()
     if args.json:
         _print(results, True)
@@ -377,12 +381,18 @@ def _ask_session(args) -> Any:
     return Session(max_turns=settings.max_turns), settings
 
 
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters (escape sequences, carriage
+    returns, bells; tabs excepted) are shown as ``\\x1b``-style escapes instead of acting."""
+    return "".join(c if c == "\t" or (c.isprintable() or c == " ") else repr(c)[1:-1] for c in text)
+
+
 def _nearest_note(pipe: Any, ans: Any) -> str:
     """``: nearest "…" scores 0.28 < min_score 0.35`` for an answer the decoder held back."""
     if not ans.candidates:
         return ""
     best = ans.candidates[0]
-    text = best["text"] if len(best["text"]) <= 60 else best["text"][:57] + "..."
+    text = printable(best["text"] if len(best["text"]) <= 60 else best["text"][:57] + "...")
     limit = getattr(getattr(pipe.decoder, "cfg", None), "min_score", None)
     return f': nearest "{text}" scores {best["score"]:.3f}' + (f" < min_score {limit:g}" if limit is not None else "")
 
@@ -546,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
              "  cellnet train configs/default.yaml --run-dir runs/demo\n"
              "  cellnet train configs/default.yaml --run-dir runs/demo --overwrite\n"
              "  cellnet train --resume runs/demo --set training.epochs=20\n"
+             "  cellnet train --resume runs/demo --restart\n"
              "  cellnet train configs/default.yaml --nproc 2",
              description="Train a run from a config. The run is written into a hidden sibling "
                          "(.NAME.partial) and moved to the run directory when complete; an interrupted "
@@ -558,6 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
     s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (or train a complete one "
                                                        "further) from its last checkpoint")
+    s.add_argument("--restart", action="store_true",
+                   help="with --resume: train the run again from scratch with its config (when its training "
+                        "state is gone or not wanted); the run stays in place until the new training is complete")
     s.add_argument("--nproc", type=int, default=1, metavar="N", help="processes for data-parallel training "
                                                                       "on this machine (default 1)")
     s.set_defaults(func=cmd_train)

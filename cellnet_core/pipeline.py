@@ -327,9 +327,14 @@ class Pipeline:
 
     # -- saving ---------------------------------------------------------------------------
     def save(self, run_dir: str | Path, extra_files: Sequence[str | Path] = (), manifest_extra: dict | None = None) -> None:
-        """Write config, weights, encoder/decoder artefacts and the manifest into ``run_dir``."""
+        """Write config, weights, encoder/decoder artefacts and the manifest into ``run_dir``.
+
+        A symbolic link in ``run_dir`` (a ``decoder/`` pointing elsewhere) is refused with
+        :class:`CheckpointError` before anything is written: saves never leave the run directory."""
+        from cellnet_core.checkpoint import refuse_links
         from cellnet_core.config import config_to_dict
 
+        refuse_links(run_dir)
         run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config_to_dict(self.config), sort_keys=False))

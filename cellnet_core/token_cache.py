@@ -7,19 +7,20 @@ has ``encode_tokens(texts) -> [(ids [L], states [L, D]), ...]`` and a ``token_fi
 Layout: ``<cache_dir>/tokens/<fingerprint hash>/<shard>.safetensors``, each shard holding the
 concatenated ``ids [T]`` (int32), ``states [T, D]`` (float16) and ``offsets [N + 1]`` of N texts,
 their SHA-1 keys in the metadata. A write makes a new shard atomically, as the embedding cache
-does; a damaged shard is discarded with a warning and its texts recomputed.
+does; every shard carries a checksum, verified on read, and a damaged shard is discarded with a
+warning and its texts are computed again (see :mod:`cellnet_core.cache`, which also describes the
+folder marker that ``cellnet cache clear`` goes by).
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from cellnet_core.cache import _safe_name, default_cache_dir, text_key
-from cellnet_core.checkpoint import atomic_write_bytes, atomic_write_text
+from cellnet_core.cache import _safe_name, default_cache_dir, discard_shard, mark_cache_dir, read_shard, text_key
+from cellnet_core.checkpoint import save_tensors
 from cellnet_core.errors import ConfigError
 
 TokenStates = tuple[Any, Any]  #: ``(ids [L] int64, states [L, D] float16)``
@@ -44,27 +45,22 @@ class TokenCache:
         self.calls = 0  #: encoder calls (tests count them)
 
     def _refresh(self) -> None:
-        from safetensors import safe_open
-        from safetensors.torch import load
-
         if not self.enabled or not self.dir.exists():
             return
         for shard in sorted(self.dir.glob("*.safetensors")):
             if shard.name in self._loaded:
                 continue
             try:
-                data = load(shard.read_bytes())
-                with safe_open(str(shard), framework="pt") as fh:
-                    keys = json.loads((fh.metadata() or {})["keys"])
+                got = read_shard(shard)  # checksum verified
+                if got is None:  # removed by another process meanwhile
+                    continue
+                data, meta = got
+                keys = json.loads(meta["keys"])
                 ids, states, offsets = data["ids"], data["states"], data["offsets"]
                 if offsets.shape[0] != len(keys) + 1 or int(offsets[-1]) != ids.shape[0] or ids.shape[0] != states.shape[0]:
                     raise ValueError("offsets do not match the rows")
             except Exception as exc:  # noqa: BLE001 - any damage: discard and recompute
-                warnings.warn(f"token cache: {shard} is damaged ({exc}); discarded, will recompute", stacklevel=3)
-                try:
-                    shard.unlink()
-                except OSError:
-                    pass
+                discard_shard(shard, "token cache", exc)
                 continue
             for j, key in enumerate(keys):
                 a, b = int(offsets[j]), int(offsets[j + 1])
@@ -73,18 +69,13 @@ class TokenCache:
 
     def _write(self, keys: list[str], rows: list[TokenStates]) -> None:
         import torch
-        from safetensors.torch import save
 
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fp_file = self.dir / "fingerprint.txt"
-        if not fp_file.exists():
-            atomic_write_text(fp_file, self.fingerprint + "\n")
+        mark_cache_dir(self.dir, self.fingerprint, "tokens")
         lengths = torch.tensor([0] + [int(r[0].shape[0]) for r in rows], dtype=torch.long)
-        blob = save({"ids": torch.cat([r[0] for r in rows]).to(torch.int32).contiguous(),
-                     "states": torch.cat([r[1] for r in rows]).to(torch.float16).contiguous(),
-                     "offsets": lengths.cumsum(0)}, metadata={"keys": json.dumps(keys)})
         name = f"{uuid.uuid4().hex}.safetensors"
-        atomic_write_bytes(self.dir / name, blob)
+        save_tensors(self.dir / name, {"ids": torch.cat([r[0] for r in rows]).to(torch.int32).contiguous(),
+                                       "states": torch.cat([r[1] for r in rows]).to(torch.float16).contiguous(),
+                                       "offsets": lengths.cumsum(0)}, metadata={"keys": json.dumps(keys)})
         self._loaded.add(name)
 
     def get(self, texts: Sequence[str]) -> list[TokenStates]:

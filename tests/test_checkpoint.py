@@ -32,11 +32,14 @@ def test_tree_round_trip_optimizer_state(tmp_path):
 
 def test_damage_detected_and_named(tmp_path):
     save_tensors(tmp_path / "weights.safetensors", {"a": torch.zeros(10)})
-    write_manifest(tmp_path, ["weights.safetensors"])
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    write_manifest(tmp_path, ["config.yaml", "weights.safetensors"])
     verify_manifest(tmp_path)
     data = bytearray((tmp_path / "weights.safetensors").read_bytes())
     data[-3] ^= 0xFF
     (tmp_path / "weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"weights.safetensors: damaged \(its tensors do not match the checksum"):
+        load_tensors(tmp_path / "weights.safetensors")  # the file's own checksum, without a manifest
     with pytest.raises(CheckpointError, match=r"weights.safetensors: damaged \(its sha256 does not match"):
         verify_manifest(tmp_path)
     (tmp_path / "weights.safetensors").unlink()

@@ -40,7 +40,6 @@ import torch
 from torch.nn import functional as F
 
 from cellnet_core import metrics as M
-from cellnet_core.checkpoint import load_tensors, save_tensors
 from cellnet_core.errors import CellnetError, CheckpointError, ConfigError
 from cellnet_core.interfaces import TrainResult
 from cellnet_core.run import progress
@@ -499,7 +498,7 @@ class Engine:
             best_score = -math.inf if b["score"] is None else float(b["score"])
             best_epoch, bad_epochs = b["epoch"], int(b["bad"])
             if best_epoch is not None and (run_dir / BEST_WEIGHTS).exists():
-                best_state = load_tensors(run_dir / BEST_WEIGHTS)
+                best_state = run.load_tensors(BEST_WEIGHTS)  # verified against the state's record
             if state.get("mined") is not None:
                 mined = state["mined"]
             set_rng_state(state["rng"])
@@ -516,8 +515,7 @@ class Engine:
                 # the untrained model competes for "best" too: training must beat where it started
                 best_score, best_epoch = _score(init, key), 0
                 best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
-                if run.is_main:
-                    save_tensors(run_dir / BEST_WEIGHTS, best_state, metadata={"epoch": "0"})
+                run.stage_tensors(BEST_WEIGHTS, best_state, metadata={"epoch": "0"})
                 run.log_metrics({"epoch": 0, **{f"val_{k}": v for k, v in init.items()}, "best_epoch": 0})
 
         stop_after = run.extras.get("stop_after_epoch")
@@ -576,8 +574,8 @@ class Engine:
                 if score > best_score + 1e-12:
                     best_score, best_epoch, bad_epochs = score, epoch, 0
                     best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
-                    if run.is_main:
-                        save_tensors(run_dir / BEST_WEIGHTS, best_state, metadata={"epoch": str(epoch)})
+                    # committed with this epoch's state (a kill in between keeps the pair consistent)
+                    run.stage_tensors(BEST_WEIGHTS, best_state, metadata={"epoch": str(epoch)})
                 else:
                     bad_epochs += 1
                 row["best_epoch"] = best_epoch
