@@ -2,24 +2,134 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, ValidationError, ValidationInfo, WithJsonSchema,
+                      WrapValidator, field_validator, model_serializer)
 
-from cellnet_core.config import ComponentConfig
+from cellnet_core.config import ComponentConfig, validate_registered
 
-LossName = Literal["cosine", "mse", "infonce", "triplet"]
 ValMetric = Literal["auto", "map", "mrr", "recall@1", "recall@10", "cosine", "loss"]
 #: objectives that ``mix`` can add beside a strategy's own
 MixName = Literal["autoencoder", "dialogue"]
 
 
+# -- losses (kind ``loss``; selected by ``training.loss``) -----------------------------------------
+class CosineLossConfig(ComponentConfig):
+    """``1 − cos(prediction, true answer)``, averaged over the batch."""
+
+    name: Literal["cosine"] = "cosine"
+
+
+class MSELossConfig(ComponentConfig):
+    """Squared L2 distance to the true answer (summed over D), averaged over the batch."""
+
+    name: Literal["mse"] = "mse"
+
+
+class InfoNCELossConfig(ComponentConfig):
+    """Cross-entropy of the true answer among the batch's candidate answers (cosine logits / τ)."""
+
+    name: Literal["infonce"] = "infonce"
+    temperature: Optional[float] = Field(None, gt=0.0, le=10.0,
+                                         description="softmax temperature τ; default: the strategy's temperature")
+
+
+class TripletLossConfig(ComponentConfig):
+    """``relu(margin − cos(pred, true) + cos(pred, hardest wrong candidate))``."""
+
+    name: Literal["triplet"] = "triplet"
+    margin: Optional[float] = Field(None, ge=0.0, le=2.0, description="margin on cosine; default: the strategy's margin")
+
+
+#: the losses that exist without a registry at hand (a config built directly in Python)
+BUILTIN_LOSSES: dict[str, type[ComponentConfig]] = {
+    "cosine": CosineLossConfig, "mse": MSELossConfig, "infonce": InfoNCELossConfig, "triplet": TripletLossConfig}
+
+
 class LossTerm(BaseModel):
-    """One weighted term of a combined loss: ``{name: infonce, weight: 1.0}``."""
+    """One weighted term of ``training.loss``: a registered loss's validated config and its weight.
+    Written (and read) flat, as in YAML: ``{name: infonce, weight: 1.0, temperature: 0.1}``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: LossName = Field(..., description="cosine | mse | infonce | triplet")
+    config: SerializeAsAny[ComponentConfig] = Field(..., description="the loss (a registered loss's config)")
     weight: float = Field(1.0, ge=0.0, le=1000.0, description="weight of this term in the sum")
+    #: the registry entry the config was validated against (builds the loss; None: a built-in loss)
+    _entry: Any = PrivateAttr(None)
+
+    @property
+    def name(self) -> str:
+        """The loss's registered name."""
+        return self.config.name
+
+    @property
+    def entry(self) -> Any:
+        """The registry entry of the loss (``None`` when validated without a registry)."""
+        return self._entry
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        return {**data["config"], "weight": data["weight"]}
+
+
+def _term(item: Any, context: dict | None, loc: tuple[Any, ...]) -> LossTerm:
+    from pydantic_core import InitErrorDetails, PydanticCustomError
+
+    if isinstance(item, LossTerm):
+        return item
+    weight: Any = 1.0
+    if isinstance(item, dict):
+        item = dict(item)
+        weight = item.pop("weight", 1.0)
+        ok = isinstance(weight, (int, float)) and not isinstance(weight, bool) and 0.0 <= weight <= 1000.0
+        if not ok:
+            raise ValidationError.from_exception_data("loss", [InitErrorDetails(
+                type=PydanticCustomError("value_error", "a weight between 0 and 1000"), loc=loc + ("weight",),
+                input=weight)])
+    config = validate_registered("loss", item, context, builtin=BUILTIN_LOSSES, loc=loc)
+    term = LossTerm(config=config, weight=float(weight))
+    registry = (context or {}).get("registry")
+    if registry is not None:
+        term._entry = registry.get("loss", config.name)
+    return term
+
+
+def loss_terms(value: Any, registry: Any = None, context: dict | None = None) -> list[LossTerm]:
+    """``training.loss`` as a list of :class:`LossTerm`: from a name (``infonce``), one mapping
+    (``{name: infonce, temperature: 0.1}``) or a list of names and mappings with ``weight``.
+    Names are checked against ``registry`` (or ``context["registry"]``), else the built-in losses."""
+    ctx = dict(context or {})
+    if registry is not None:
+        ctx["registry"] = registry
+    if isinstance(value, (str, dict, LossTerm)):
+        return [_term(value, ctx, ())]
+    if not isinstance(value, (list, tuple)):
+        from pydantic_core import InitErrorDetails, PydanticCustomError
+
+        raise ValidationError.from_exception_data("loss", [InitErrorDetails(
+            type=PydanticCustomError("value_error", "a loss name, a mapping {name: ...} or a list of them"),
+            loc=(), input=value)])
+    if not value:
+        from pydantic_core import InitErrorDetails, PydanticCustomError
+
+        raise ValidationError.from_exception_data("loss", [InitErrorDetails(
+            type=PydanticCustomError("value_error", "give at least one loss term"), loc=(), input=value)])
+    return [_term(item, ctx, (i,)) for i, item in enumerate(value)]
+
+
+def _validate_loss(value: Any, handler: Any, info: ValidationInfo) -> list[LossTerm]:
+    return loss_terms(value, context=info.context)
+
+
+#: ``training.loss``: a registered loss by name, one mapping, or a weighted list of them
+LossSpec = Annotated[list[LossTerm], WrapValidator(_validate_loss), WithJsonSchema({
+    "anyOf": [{"type": "string"}, {"type": "object", "required": ["name"]},
+              {"type": "array", "minItems": 1, "items": {"anyOf": [{"type": "string"}, {
+                  "type": "object", "required": ["name"], "properties": {"name": {"type": "string"},
+                                                                         "weight": {"type": "number"}}}]}}],
+    "description": "a registered loss by name, or a weighted list [{name: infonce, weight: 1}, ...] "
+                   "(cellnet components --kind loss)"})]
 
 
 class OptimisationConfig(ComponentConfig):
@@ -27,6 +137,10 @@ class OptimisationConfig(ComponentConfig):
 
     epochs: int = Field(30, ge=0, le=100000, description="training epochs (passes over the training pairs)")
     batch_size: int = Field(64, ge=1, le=65536, description="pairs per optimisation step (global, over all processes)")
+    accumulate: int = Field(
+        1, ge=1, le=4096, description="gradient accumulation: one optimisation step over accumulate × batch_size "
+                                      "pairs, run through the lattice batch_size at a time (the same update as "
+                                      "that larger batch, in-batch negatives included; memory of one batch)")
     lr: float = Field(1.0e-3, gt=0.0, le=10.0, description="peak learning rate")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw or sgd (with momentum)")
     weight_decay: float = Field(0.01, ge=0.0, le=10.0, description="decoupled weight decay (adamw) / L2 (sgd)")
@@ -46,10 +160,13 @@ class OptimisationConfig(ComponentConfig):
     grad_clip: float = Field(1.0, ge=0.0, le=1.0e6, description="clip the gradient norm to this (0: off)")
     mixed_precision: Literal["auto", "off", "bf16", "fp16"] = Field(
         "auto", description="autocast: auto = bf16 on CUDA devices that support it, off on CPU")
-    loss: Union[LossName, list[LossTerm]] = Field(
-        "infonce", description="a loss name or a weighted list [{name: infonce, weight: 1}, {name: cosine, weight: 0.5}]")
-    temperature: float = Field(0.05, gt=0.0, le=10.0, description="infonce softmax temperature")
-    margin: float = Field(0.2, ge=0.0, le=2.0, description="triplet margin on cosine")
+    loss: LossSpec = Field(
+        "infonce", validate_default=True,
+        description="a registered loss by name (cosine, mse, infonce, triplet, or a plugin's) or a weighted list "
+                    "[{name: infonce, weight: 1}, {name: cosine, weight: 0.5}]; a term may set its loss's options")
+    temperature: float = Field(0.05, gt=0.0, le=10.0,
+                               description="infonce softmax temperature (a term's own temperature wins)")
+    margin: float = Field(0.2, ge=0.0, le=2.0, description="triplet margin on cosine (a term's own margin wins)")
     hard_negatives: int = Field(0, ge=0, le=256,
                                 description="answers mined from the answer bank per question (highest cosine to "
                                             "the current prediction, the true answer excluded), refreshed every "
@@ -81,13 +198,6 @@ class OptimisationConfig(ComponentConfig):
                                           "the training texts; {dialogue: w} beside autoencoder adds w × infonce "
                                           "of question → answer")
 
-    @field_validator("loss")
-    @classmethod
-    def _non_empty(cls, v: Any) -> Any:
-        if isinstance(v, list) and not v:
-            raise ValueError("give at least one loss term")
-        return v
-
     @field_validator("init_from")
     @classmethod
     def _init_from(cls, v: Optional[str]) -> Optional[str]:
@@ -111,8 +221,9 @@ class AutoencoderConfig(OptimisationConfig):
     """Train reshaper + core so that an embedding comes back as itself through the lattice."""
 
     name: Literal["autoencoder"] = "autoencoder"
-    loss: Union[LossName, list[LossTerm]] = Field(
-        "cosine", description="a loss name or a weighted list of {name, weight}")
+    loss: LossSpec = Field(
+        "cosine", validate_default=True,
+        description="a registered loss by name or a weighted list of {name, weight, options}")
     source: Literal["texts", "pairs"] = Field(
         "texts", description="texts: the dataset's texts(split); pairs: questions and answers of pairs(split)")
 
@@ -148,8 +259,9 @@ class DistillConfig(OptimisationConfig):
     the ensemble of teachers' embeddings of the answer, each projected to the student's size D."""
 
     name: Literal["distill"] = "distill"
-    loss: Union[LossName, list[LossTerm]] = Field(
-        "cosine", description="a loss name or a weighted list of {name, weight}")
+    loss: LossSpec = Field(
+        "cosine", validate_default=True,
+        description="a registered loss by name or a weighted list of {name, weight, options}")
     teachers: list[TeacherConfig] = Field(
         default_factory=lambda: [TeacherConfig(encoder={"name": "hashing", "dim": 384})],
         description="teacher encoders (sub-configs built through the registry) with weights")

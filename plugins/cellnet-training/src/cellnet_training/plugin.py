@@ -1,4 +1,4 @@
-"""Registers the training strategies and the equal-size ``mlp`` evaluation baseline."""
+"""Registers the training strategies, the losses and the equal-size ``mlp`` evaluation baseline."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ _IMPL = "cellnet_training.strategies"
 
 @hookimpl
 def cellnet_register_components(registry) -> None:
-    """Register the training strategies."""
+    """Register the losses and the training strategies."""
+    registry.add("loss", "cosine", c.CosineLossConfig, "cellnet_training.losses:build_cosine",
+                 summary="1 − cos(prediction, true answer)")
+    registry.add("loss", "mse", c.MSELossConfig, "cellnet_training.losses:build_mse",
+                 summary="squared L2 distance to the true answer")
+    registry.add("loss", "infonce", c.InfoNCELossConfig, "cellnet_training.losses:build_infonce",
+                 summary="cross-entropy of the true answer among the batch's candidates (cosine / temperature)")
+    registry.add("loss", "triplet", c.TripletLossConfig, "cellnet_training.losses:build_triplet",
+                 summary="hinge on cosine: the true answer above the hardest wrong candidate by a margin")
     registry.add("strategy", "autoencoder", c.AutoencoderConfig, f"{_IMPL}:build_autoencoder",
                  summary="train reshaper+core to return each embedding through the lattice (reconstruction)")
     registry.add("strategy", "dialogue", c.DialogueConfig, f"{_IMPL}:build_dialogue",
