@@ -313,7 +313,7 @@ def cmd_ask(args) -> int:
 
     _, registry = _load()
     interactive = not args.texts and sys.stdin is not None and sys.stdin.isatty()
-    session = _ask_session(args) if interactive else None
+    conversation = _ask_conversation(args) if interactive else None
     if interactive:
         # the cheap checks now (a damaged run fails before the prompt), the slow loading meanwhile
         api.check_run_dir(args.run_dir)
@@ -341,10 +341,11 @@ def cmd_ask(args) -> int:
             continue
         if pipe is None:
             pipe = loader.get()
-        if session is not None:  # the conversation so far: answers just given rank lower; context runs get the turns
-            from cellnet_core.sessions import answer_in_sessions
+        if conversation is not None:  # the conversation so far: answers just given rank lower; context runs get the turns
+            from cellnet_core.conversations import answer_in_conversations
 
-            ans = answer_in_sessions(pipe, [q], [session[0]], k=args.k, settings=session[1], context=args.context)[0]
+            ans = answer_in_conversations(pipe, [q], [conversation[0]], k=args.k, settings=conversation[1],
+                                          context=args.context)[0]
         else:
             ans = pipe.answer([q], k=args.k, context=args.context)[0]
         row = {"question": q, "answer": ans.text, "score": ans.score, "candidates": ans.candidates,
@@ -373,12 +374,12 @@ def cmd_ask(args) -> int:
     return 0
 
 
-def _ask_session(args) -> Any:
-    """``(Session, SessionSettings)`` of an interactive ``ask`` (see :mod:`cellnet_core.sessions`)."""
-    from cellnet_core.sessions import Session, SessionSettings
+def _ask_conversation(args) -> Any:
+    """``(Conversation, ConversationSettings)`` of an interactive ``ask`` (see :mod:`cellnet_core.conversations`)."""
+    from cellnet_core.conversations import Conversation, ConversationSettings
 
-    settings = SessionSettings(penalty=args.session_penalty)
-    return Session(max_turns=settings.max_turns), settings
+    settings = ConversationSettings(penalty=args.repeat_penalty)
+    return Conversation(max_turns=settings.max_turns), settings
 
 
 def printable(text: str) -> str:
@@ -593,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--context", action="append", metavar="TURN",
                    help="a previous turn of the conversation, oldest first (repeat for several); for runs "
                         "whose reshaper takes several turns (context-planes)")
-    s.add_argument("--session-penalty", type=float, default=0.1, metavar="W",
+    s.add_argument("--repeat-penalty", type=float, default=0.1, metavar="W",
                    help="interactive: score taken off an answer given in the last 3 turns, so a repeated "
                         "question gets the next-best answer (default 0.1; 0: off)")
     s.add_argument("--device", default=None, help=_DEVICE_HELP)

@@ -1,5 +1,5 @@
 """The chat page in a real headless Chromium (Selenium): ask, see the answer, its score, the
-candidates and the baseline; the session lives in the page and a repeated question is not answered
+candidates and the baseline; the conversation lives in the page and a repeated question is not answered
 the same way twice. Skipped, with the reason, where no browser is installed (Debian: apt-get
 install chromium chromium-driver)."""
 
@@ -30,11 +30,11 @@ def served(tiny_pipe):
     """The tiny run served by uvicorn on a free loopback port (penalty 1: a repeat always changes)."""
     import uvicorn
 
-    from cellnet_core.sessions import SessionSettings
+    from cellnet_core.conversations import ConversationSettings
     from cellnet_serve import ServeSettings, Service, create_app
     from cellnet_serve.command import bind
 
-    service = Service(lambda: tiny_pipe, ServeSettings(sessions=SessionSettings(penalty=1.0)), name="tiny")
+    service = Service(lambda: tiny_pipe, ServeSettings(conversations=ConversationSettings(penalty=1.0)), name="tiny")
     sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -85,8 +85,8 @@ def test_chat_page_in_chromium(served, browser, tiny_pipe):
     browser.get(served + "/")
     wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-ready") == "1")
     assert "ready" in browser.find_element(By.ID, "status").text
-    session = browser.find_element(By.ID, "session-id").text
-    assert len(session) == 8
+    conversation = browser.find_element(By.ID, "conversation-id").text
+    assert len(conversation) == 8
 
     turn = _ask(browser, wait, "good morning", 1)
     assert turn.get_attribute("data-state") == "answered"
@@ -97,13 +97,13 @@ def test_chat_page_in_chromium(served, browser, tiny_pipe):
     assert len(rows) == 5 and rows[0].text.startswith(expected.text)
     assert "baseline:" in turn.find_element(By.CSS_SELECTOR, ".base").text
 
-    again = _ask(browser, wait, "good morning", 2)  # the same session: the answer just given ranks lower
+    again = _ask(browser, wait, "good morning", 2)  # the same conversation: the answer just given ranks lower
     second = again.find_element(By.CSS_SELECTOR, ".a").text
     assert not second.startswith(expected.text)
 
-    browser.refresh()  # the session stays with the page
+    browser.refresh()  # the conversation stays with the page
     wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-ready") == "1")
-    assert browser.find_element(By.ID, "session-id").text == session
-    browser.find_element(By.ID, "new-session").click()
-    assert browser.find_element(By.ID, "session-id").text != session
+    assert browser.find_element(By.ID, "conversation-id").text == conversation
+    browser.find_element(By.ID, "new-conversation").click()
+    assert browser.find_element(By.ID, "conversation-id").text != conversation
     assert not browser.find_elements(By.CSS_SELECTOR, ".turn")

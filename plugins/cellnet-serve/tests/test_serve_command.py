@@ -32,8 +32,8 @@ def test_serve_is_a_cellnet_command():
         pytest.skip("this cellnet-core has no cellnet_register_commands hook: plugins cannot add commands")
 
     p = build_parser()
-    args = p.parse_args(["serve", "runs/x", "--port", "0", "--max-batch", "4", "--session-penalty", "0.2"])
-    assert args.run_dir == "runs/x" and args.max_batch == 4 and args.session_penalty == 0.2
+    args = p.parse_args(["serve", "runs/x", "--port", "0", "--max-batch", "4", "--repeat-penalty", "0.2"])
+    assert args.run_dir == "runs/x" and args.max_batch == 4 and args.repeat_penalty == 0.2
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -168,10 +168,10 @@ def test_a_failed_load_is_reported(tiny_pipe):
         assert r.status_code == 503 and r.json()["detail"].startswith("the run failed to load: runs/x/weights")
 
 
-def test_session_penalty_changes_a_repeated_answer(make_client):
-    from cellnet_core.sessions import SessionSettings
+def test_repeat_penalty_changes_a_repeated_answer(make_client):
+    from cellnet_core.conversations import ConversationSettings
 
-    c = make_client(sessions=SessionSettings(penalty=1.0))
+    c = make_client(conversations=ConversationSettings(penalty=1.0))
     ask = {"question": "good morning", "k": 3, "session_id": "conv-1"}
     first = c.post("/v1/answer", json=ask).json()["answers"][0]
     second = c.post("/v1/answer", json=ask).json()["answers"][0]
@@ -183,18 +183,18 @@ def test_session_penalty_changes_a_repeated_answer(make_client):
     assert {x["text"] for x in marked} == {first["answer"], second["answer"]}
     assert {x["text"] for x in wide["candidates"][-2:]} == {first["answer"], second["answer"]}
     assert next(x["score"] for x in marked if x["text"] == first["answer"]) == pytest.approx(first["score"])
-    # outside the session (or in another one) the answer is the same every time
+    # outside the conversation (or in another one) the answer is the same every time
     alone = [c.post("/v1/answer", json={"question": "good morning"}).json()["answers"][0]["answer"] for _ in range(2)]
     assert alone == [first["answer"]] * 2
     other = c.post("/v1/answer", json={**ask, "session_id": "conv-2"}).json()["answers"][0]
     assert other["answer"] == first["answer"]
-    assert c.get("/readyz").json()["sessions"] == 2
+    assert c.get("/readyz").json()["conversations"] == 2
 
 
 def test_no_penalty_keeps_the_answer(make_client):
-    from cellnet_core.sessions import SessionSettings
+    from cellnet_core.conversations import ConversationSettings
 
-    c = make_client(sessions=SessionSettings(penalty=0.0))
+    c = make_client(conversations=ConversationSettings(penalty=0.0))
     ask = {"question": "good morning", "session_id": "conv"}
     answers = [c.post("/v1/answer", json=ask).json()["answers"][0]["answer"] for _ in range(2)]
     assert answers[0] == answers[1]

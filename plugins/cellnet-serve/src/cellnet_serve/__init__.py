@@ -1,6 +1,6 @@
 """cellnet serve: a trained run behind HTTP.
 
-``cellnet serve RUN`` answers on ``POST /v1/answer`` (with sessions), offers the chain's stages
+``cellnet serve RUN`` answers on ``POST /v1/answer`` (with conversations), offers the chain's stages
 (``/v1/embed``, ``/v1/think``, ``/v1/decode``), health (``/healthz``, ``/readyz``), Prometheus
 metrics (``/metrics``), the API documentation (``/docs``) and a chat page (``/``). Concurrent
 requests share forward passes (:mod:`cellnet_serve.batcher`). In Python::

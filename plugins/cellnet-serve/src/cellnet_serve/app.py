@@ -62,7 +62,7 @@ class AnswerRequest(_Body):
 class Candidate(BaseModel):
     text: str
     score: float
-    penalised: bool | None = Field(None, description="true when the session answered this just before")
+    penalised: bool | None = Field(None, description="true when the conversation answered this just before")
 
 
 class Baseline(BaseModel):
@@ -257,7 +257,7 @@ def create_app(service: Service) -> FastAPI:
 
     app = FastAPI(
         title="cellnet serve", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
-        description="A trained cellnet run behind HTTP: answers with candidates and scores, sessions, the "
+        description="A trained cellnet run behind HTTP: answers with candidates and scores, conversations, the "
                     "chain's stages (embed, think, decode) on their own, health and Prometheus metrics. "
                     "With an API key set, send it as `Authorization: Bearer KEY` or `X-API-Key: KEY`.")
     app.state.service, app.state.batcher, app.state.metrics = service, batcher, metrics
@@ -331,7 +331,7 @@ def create_app(service: Service) -> FastAPI:
         if req.k > settings.max_k:
             raise HTTPProblem(413, f"k: {req.k}; at most {settings.max_k} candidates")
         rows = await _run("answer", questions, k=req.k, session_id=req.session_id, baseline=req.baseline)
-        metrics.sessions.set(len(service.sessions))
+        metrics.conversations.set(len(service.conversations))
         return {"answers": rows, "session_id": req.session_id}
 
     @app.post("/v1/embed", response_model=EmbedResponse, responses=errors_doc, tags=["stages"])
@@ -378,7 +378,7 @@ def create_app(service: Service) -> FastAPI:
     async def readyz() -> Response:
         """Ready once the run is loaded: 200, else 503 (still loading, or the reason loading failed)."""
         info = service.describe()
-        info.update({"queue": batcher.depth, "batches": batcher.batches, "sessions": len(service.sessions)})
+        info.update({"queue": batcher.depth, "batches": batcher.batches, "conversations": len(service.conversations)})
         if service.ready:
             return JSONResponse(info)
         return JSONResponse(info, status_code=503, headers={} if service.error else {"Retry-After": "2"})
@@ -387,7 +387,7 @@ def create_app(service: Service) -> FastAPI:
     async def prometheus() -> Response:
         """Prometheus text format: requests by route and status, latencies, batch sizes, queue depth."""
         metrics.queue_depth.set(batcher.depth)
-        metrics.sessions.set(len(service.sessions))
+        metrics.conversations.set(len(service.conversations))
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 

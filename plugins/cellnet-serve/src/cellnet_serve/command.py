@@ -11,7 +11,7 @@ import sys
 
 from cellnet_core.errors import ConfigError
 
-HELP = "serve a trained run over HTTP: answers, sessions, a chat page, metrics"
+HELP = "serve a trained run over HTTP: answers, conversations, a chat page, metrics"
 DESCRIPTION = ("Serve a trained run over HTTP (FastAPI + uvicorn): POST /v1/answer, /v1/embed, /v1/think, "
                "/v1/decode; GET /healthz, /readyz, /metrics; the API documentation at /docs and a chat page "
                "at /. The run loads in the background (/readyz says when it is ready). Concurrent requests "
@@ -27,11 +27,11 @@ EXAMPLES = ("  cellnet serve runs/demo\n"
 
 def configure(p: argparse.ArgumentParser) -> None:
     """Add ``cellnet serve``'s arguments to its subparser."""
-    from cellnet_core.sessions import SessionSettings
+    from cellnet_core.conversations import ConversationSettings
 
     from cellnet_serve.settings import ServeSettings
 
-    d, s = ServeSettings(), SessionSettings()
+    d, s = ServeSettings(), ConversationSettings()
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by 'cellnet train'")
     p.add_argument("--host", default=d.host, help=f"address to bind (default {d.host}; any non-loopback address "
                                                   f"needs --api-key)")
@@ -55,18 +55,18 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-embeddings", action="store_true",
                    help="keep the questions' embeddings in the on-disk embedding cache (default off: a server's "
                         "stream of new texts would grow it without bound)")
-    g = p.add_argument_group("sessions")
-    g.add_argument("--session-turns", type=int, default=s.max_turns, metavar="N",
-                   help=f"turns kept per session (default {s.max_turns})")
-    g.add_argument("--session-penalty", type=float, default=s.penalty, metavar="W",
-                   help=f"score taken off an answer the session got in its last --penalty-turns turns "
+    g = p.add_argument_group("conversations")
+    g.add_argument("--conversation-turns", type=int, default=s.max_turns, metavar="N",
+                   help=f"turns kept per conversation (default {s.max_turns})")
+    g.add_argument("--repeat-penalty", type=float, default=s.penalty, metavar="W",
+                   help=f"score taken off an answer the conversation got in its last --penalty-turns turns "
                         f"(default {s.penalty:g}; 0: off)")
     g.add_argument("--penalty-turns", type=int, default=s.penalty_turns, metavar="N",
                    help=f"how many recent answers are penalised (default {s.penalty_turns})")
-    g.add_argument("--max-sessions", type=int, default=s.max_sessions, metavar="N",
-                   help=f"sessions held at most; the least recently used goes first (default {s.max_sessions})")
-    g.add_argument("--session-idle", type=float, default=s.idle_timeout, metavar="S",
-                   help=f"seconds after its last turn a session is forgotten (default {s.idle_timeout:g})")
+    g.add_argument("--max-conversations", type=int, default=s.max_conversations, metavar="N",
+                   help=f"conversations held at most; the least recently used goes first (default {s.max_conversations})")
+    g.add_argument("--conversation-idle", type=float, default=s.idle_timeout, metavar="S",
+                   help=f"seconds after its last turn a conversation is forgotten (default {s.idle_timeout:g})")
     p.add_argument("--device", default=None, help="run on this device instead of the run's own: cpu, cuda, auto")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level (default info)")
@@ -74,17 +74,17 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace):
     """The :class:`~cellnet_serve.settings.ServeSettings` the arguments describe (ConfigError when bad)."""
-    from cellnet_core.sessions import SessionSettings
+    from cellnet_core.conversations import ConversationSettings
 
     from cellnet_serve.settings import ServeSettings, api_key_from_env
 
-    sessions = SessionSettings(max_turns=args.session_turns, penalty=args.session_penalty,
-                               penalty_turns=args.penalty_turns, max_sessions=args.max_sessions,
-                               idle_timeout=args.session_idle)
+    conversations = ConversationSettings(max_turns=args.conversation_turns, penalty=args.repeat_penalty,
+                               penalty_turns=args.penalty_turns, max_conversations=args.max_conversations,
+                               idle_timeout=args.conversation_idle)
     return ServeSettings(host=args.host, port=args.port, api_key=api_key_from_env(args.api_key),
                          max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          timeout=args.timeout, max_body_bytes=args.max_body_bytes, max_texts=args.max_texts,
-                         cache_embeddings=args.cache_embeddings, sessions=sessions)
+                         cache_embeddings=args.cache_embeddings, conversations=conversations)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -6,7 +6,7 @@
 - ``cellnet_batches_total``: forward passes run;
 - ``cellnet_queue_depth``: requests waiting for a batch;
 - ``cellnet_rejected_total{reason}``: requests refused because the queue was full or timed out;
-- ``cellnet_sessions``: sessions held.
+- ``cellnet_conversations``: conversations held.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Metrics:
         self.queue_depth = Gauge("cellnet_queue_depth", "requests waiting for a batch", registry=r)
         self.rejected = Counter("cellnet_rejected", "requests refused (queue full) or timed out", ["reason"],
                                 registry=r)
-        self.sessions = Gauge("cellnet_sessions", "sessions held", registry=r)
+        self.conversations = Gauge("cellnet_conversations", "conversations held", registry=r)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""

@@ -1,7 +1,7 @@
 """The model side of the service: loading the run in the background and running one batch.
 
 :class:`Service` owns the pipeline (loaded by a background thread so the server answers
-``/healthz`` at once and ``/readyz`` once the run is loaded), the :class:`~cellnet_core.sessions.SessionStore`
+``/healthz`` at once and ``/readyz`` once the run is loaded), the :class:`~cellnet_core.conversations.ConversationStore`
 and :meth:`Service.run_batch`, which the :class:`~cellnet_serve.batcher.MicroBatcher` calls with
 the jobs of one batch: every job of a kind goes through one pipeline call.
 """
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from cellnet_core.sessions import SessionStore, answer_in_sessions
+from cellnet_core.conversations import ConversationStore, answer_in_conversations
 
 from cellnet_serve.batcher import Job
 from cellnet_serve.settings import ServeSettings
@@ -49,7 +49,7 @@ class Service:
         self.error: str | None = None
         self.loaded = threading.Event()
         self.load_seconds: float | None = None
-        self.sessions = SessionStore(self.settings.sessions)
+        self.conversations = ConversationStore(self.settings.conversations)
         self._thread: threading.Thread | None = None
 
     # -- loading ------------------------------------------------------------------------------
@@ -139,13 +139,13 @@ class Service:
         pipe = self.pipe
         assert pipe is not None
         texts = [t for j in jobs for t in j.items]
-        sessions = []
+        conversations = []
         for j in jobs:
             sid = j.params.get("session_id")
-            session = self.sessions.get(sid) if sid else None
-            sessions.extend([session] * j.size)
+            conversation = self.conversations.get(sid) if sid else None
+            conversations.extend([conversation] * j.size)
         k = max(int(j.params.get("k", 5)) for j in jobs)
-        answers = answer_in_sessions(pipe, texts, sessions, k=k, settings=self.settings.sessions)
+        answers = answer_in_conversations(pipe, texts, conversations, k=k, settings=self.settings.conversations)
         want_base = [i for i, t in enumerate(texts) if self._job_of(jobs, i).params.get("baseline")]
         base: dict[int, dict[str, Any]] = {}
         if want_base:

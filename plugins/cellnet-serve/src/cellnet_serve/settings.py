@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 
 from cellnet_core.errors import ConfigError
-from cellnet_core.sessions import SessionSettings
+from cellnet_core.conversations import ConversationSettings
 
 #: the environment variable read when ``--api-key`` is not given
 API_KEY_ENV = "CELLNET_API_KEY"
@@ -49,7 +49,7 @@ class ServeSettings:
     max_chars: int = 2000
     max_k: int = 50
     cache_embeddings: bool = False
-    sessions: SessionSettings = field(default_factory=SessionSettings)
+    conversations: ConversationSettings = field(default_factory=ConversationSettings)
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_queue", "max_body_bytes", "max_texts", "max_chars", "max_k"):

@@ -1,5 +1,5 @@
 // cellnet chat page: plain JavaScript, no build step, no external files.
-// The conversation's session id lives in sessionStorage, so a reload keeps the conversation.
+// The conversation's conversation id lives in sessionStorage, so a reload keeps the conversation.
 (function () {
   "use strict";
   var $ = function (id) { return document.getElementById(id); };
@@ -9,12 +9,12 @@
     if (window.crypto && crypto.randomUUID) { return crypto.randomUUID(); }
     return "s-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 10);
   }
-  function sessionId() {
-    var id = sessionStorage.getItem("cellnet-session");
-    if (!id) { id = newId(); sessionStorage.setItem("cellnet-session", id); }
+  function conversationId() {
+    var id = sessionStorage.getItem("cellnet-conversation");
+    if (!id) { id = newId(); sessionStorage.setItem("cellnet-conversation", id); }
     return id;
   }
-  function showSession() { $("session-id").textContent = sessionId().slice(0, 8); }
+  function showConversation() { $("conversation-id").textContent = conversationId().slice(0, 8); }
 
   function headers() {
     var h = { "Content-Type": "application/json" };
@@ -68,7 +68,7 @@
     turn.appendChild(el("div", "meta pending", "thinking …"));
     log.appendChild(turn);
     send.disabled = true;
-    var body = { question: question, k: parseInt($("k").value, 10), session_id: sessionId(),
+    var body = { question: question, k: parseInt($("k").value, 10), session_id: conversationId(),
                  baseline: $("baseline").checked };
     return fetch("/v1/answer", { method: "POST", headers: headers(), body: JSON.stringify(body) })
       .then(function (r) {
@@ -96,9 +96,9 @@
     input.value = "";
     ask(q);
   });
-  $("new-session").addEventListener("click", function () {
-    sessionStorage.setItem("cellnet-session", newId());
-    showSession();
+  $("new-conversation").addEventListener("click", function () {
+    sessionStorage.setItem("cellnet-conversation", newId());
+    showConversation();
     log.innerHTML = "";
     input.focus();
   });
@@ -128,6 +128,6 @@
     }).catch(function () { status.className = "status error"; status.textContent = "server unreachable"; setTimeout(checkReady, 2000); });
   }
 
-  showSession();
+  showConversation();
   checkReady();
 })();

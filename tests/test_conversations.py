@@ -1,4 +1,4 @@
-"""cellnet_core.sessions: turns, bounds, the repetition penalty, context passing, and interactive ``ask``."""
+"""cellnet_core.conversations: turns, bounds, the repetition penalty, context passing, and interactive ``ask``."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 
 from cellnet_core.errors import ConfigError
 from cellnet_core.pipeline import Answer
-from cellnet_core.sessions import (Session, SessionSettings, SessionStore, answer_in_sessions, apply_penalty)
+from cellnet_core.conversations import (Conversation, ConversationSettings, ConversationStore, answer_in_conversations, apply_penalty)
 from cellnet_core.testing.fakes import GREETINGS_CONFIG
 
 
-def test_session_keeps_the_last_turns_as_context():
-    s = Session(max_turns=2)
+def test_conversation_keeps_the_last_turns_as_context():
+    s = Conversation(max_turns=2)
     s.record("hi", "hello")
     s.record("how are you", "")
     s.record("and you?", "fine")
@@ -25,9 +25,9 @@ def test_session_keeps_the_last_turns_as_context():
     assert s.recent_answers(3) == ["fine"]
 
 
-def test_store_bounds_sessions_and_forgets_idle_ones():
+def test_store_bounds_conversations_and_forgets_idle_ones():
     now = [0.0]
-    store = SessionStore(SessionSettings(max_sessions=2, idle_timeout=10), clock=lambda: now[0])
+    store = ConversationStore(ConversationSettings(max_conversations=2, idle_timeout=10), clock=lambda: now[0])
     store.get("a").record("q", "x")
     store.get("b")
     store.get("a")  # a used last: b goes first
@@ -35,7 +35,7 @@ def test_store_bounds_sessions_and_forgets_idle_ones():
     assert store.peek("b") is None and store.peek("a").turns and len(store) == 2
     now[0] = 11.0
     assert store.peek("a") is None and len(store) == 0
-    assert not store.get("a").turns  # a new, empty session under the same id
+    assert not store.get("a").turns  # a new, empty conversation under the same id
     assert len(store.get(None).id) == 32
 
 
@@ -44,7 +44,7 @@ def test_store_bounds_sessions_and_forgets_idle_ones():
     ("idle_timeout", 0, "idle_timeout must be more than 0 seconds")])
 def test_settings_refuse_bad_values(field, value, message):
     with pytest.raises(ConfigError, match=message):
-        SessionSettings(**{field: value})
+        ConversationSettings(**{field: value})
 
 
 def _ans(rows, text=None):
@@ -68,7 +68,7 @@ def test_penalty_respects_min_score_and_held_back_answers():
 
 
 class _FakePipe:
-    """Records what :func:`answer_in_sessions` asks of the pipeline."""
+    """Records what :func:`answer_in_conversations` asks of the pipeline."""
 
     def __init__(self, slots):
         self.reshaper = type("R", (), {"context_slots": slots})()
@@ -80,10 +80,10 @@ class _FakePipe:
         return [_ans([("same", 0.9), ("other", 0.85)]) for _ in texts]
 
 
-def test_context_runs_get_the_session_turns():
-    pipe, s = _FakePipe(slots=3), Session()
-    answer_in_sessions(pipe, ["hi"], [s])
-    answer_in_sessions(pipe, ["again", "alone"], [s, None], context=["earlier"])
+def test_context_runs_get_the_conversation_turns():
+    pipe, s = _FakePipe(slots=3), Conversation()
+    answer_in_conversations(pipe, ["hi"], [s])
+    answer_in_conversations(pipe, ["again", "alone"], [s, None], context=["earlier"])
     assert pipe.calls[0][2] == [[]]
     assert pipe.calls[1][2] == [["earlier", "hi", "same"], ["earlier"]]
     assert [t.answer for t in s.turns] == ["same", "other"]  # the repeat was penalised
@@ -91,9 +91,9 @@ def test_context_runs_get_the_session_turns():
 
 
 def test_single_turn_runs_get_no_context():
-    pipe, s = _FakePipe(slots=None), Session()
-    answer_in_sessions(pipe, ["hi"], [s])
-    answer_in_sessions(pipe, ["hi"], [s])
+    pipe, s = _FakePipe(slots=None), Conversation()
+    answer_in_conversations(pipe, ["hi"], [s])
+    answer_in_conversations(pipe, ["hi"], [s])
     assert [c[2] for c in pipe.calls] == [None, None]
 
 
@@ -101,7 +101,7 @@ def test_single_turn_runs_get_no_context():
 def greet_run(tmp_path_factory):
     from cellnet_core import api
 
-    d = tmp_path_factory.mktemp("sessions")
+    d = tmp_path_factory.mktemp("conversations")
     (d / "greet.yaml").write_text(GREETINGS_CONFIG)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CELLNET_CACHE_DIR", str(d / "cache"))
@@ -125,7 +125,7 @@ def _interactive_ask(run, lines, *extra):
 
 
 def test_interactive_ask_does_not_repeat_itself(greet_run):
-    answers = _interactive_ask(greet_run, ["good morning", "good morning"], "--session-penalty", "1")
+    answers = _interactive_ask(greet_run, ["good morning", "good morning"], "--repeat-penalty", "1")
     assert len(answers) == 2 and answers[0] != answers[1]
-    same = _interactive_ask(greet_run, ["good morning", "good morning"], "--session-penalty", "0")
+    same = _interactive_ask(greet_run, ["good morning", "good morning"], "--repeat-penalty", "0")
     assert same[0] == same[1] == answers[0]
