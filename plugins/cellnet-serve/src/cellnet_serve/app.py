@@ -60,17 +60,23 @@ class AnswerRequest(_Body):
 
 
 class Candidate(BaseModel):
+    """One candidate answer with the decoder's score."""
+
     text: str
     score: float
     penalised: bool | None = Field(None, description="true when the conversation answered this just before")
 
 
 class Baseline(BaseModel):
+    """The answer of the question's own teacher embedding (no lattice), and its score."""
+
     text: str
     score: float
 
 
 class AnswerRow(BaseModel):
+    """The answer to one question."""
+
     question: str
     answer: str = Field(description="the answer (\"\" when the decoder has no confident one)")
     score: float = Field(description="the decoder's score of the answer (cosine to the lattice output for "
@@ -81,6 +87,8 @@ class AnswerRow(BaseModel):
 
 
 class AnswerResponse(BaseModel):
+    """One row per question, in the order asked; the conversation's id when one was given."""
+
     answers: list[AnswerRow]
     session_id: str | None = None
 
@@ -92,6 +100,8 @@ class TextsRequest(_Body):
 
 
 class EmbedResponse(BaseModel):
+    """Teacher embeddings, one per text."""
+
     embeddings: list[list[float]] = Field(description="one teacher embedding [D] per text")
     dim: int
 
@@ -105,6 +115,8 @@ class ThinkRequest(_Body):
 
 
 class ThinkResponse(BaseModel):
+    """The lattice's output embeddings, one per input."""
+
     embeddings: list[list[float]] = Field(description="one output embedding [D'] per input")
     dim: int
 
@@ -117,16 +129,22 @@ class DecodeRequest(_Body):
 
 
 class DecodeRow(BaseModel):
+    """The decoded text of one embedding, its score and the candidates."""
+
     text: str
     score: float
     candidates: list[Candidate]
 
 
 class DecodeResponse(BaseModel):
+    """One row per embedding, in order."""
+
     decoded: list[DecodeRow]
 
 
 class Problem(BaseModel):
+    """An error: one readable line."""
+
     detail: str
 
 

@@ -39,6 +39,7 @@ class Job:
 
     @property
     def size(self) -> int:
+        """Texts (or embeddings) in the job: what it adds to a batch."""
         return len(self.items)
 
 

@@ -20,9 +20,8 @@ DESCRIPTION = ("Serve a trained run over HTTP (FastAPI + uvicorn): POST /v1/answ
                "SIGTERM or Ctrl-C finishes the requests in flight, then exits.")
 EXAMPLES = ("  cellnet serve runs/demo\n"
             "  cellnet serve runs/demo --port 8080 --max-batch 64 --max-wait-ms 10\n"
-            "  CELLNET_API_KEY=s3cret cellnet serve runs/demo --host 0.0.0.0\n"
-            "  curl -s localhost:8000/v1/answer -H 'content-type: application/json' "
-            "-d '{\"question\": \"how are you?\"}'")
+            "  cellnet serve runs/demo --host 0.0.0.0 --api-key \"$(cat key.txt)\"\n"
+            "  cellnet serve runs/demo --repeat-penalty 0.2 --conversation-idle 600")
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -77,6 +77,7 @@ class Service:
 
     @property
     def ready(self) -> bool:
+        """True once the run is loaded."""
         return self.pipe is not None
 
     def wait_ready(self, timeout: float | None = None) -> bool:
