@@ -270,6 +270,23 @@ def compare_to_baselines(rows: Sequence[EvalRow], resamples: int = 2000) -> list
     return out
 
 
+def compare_text(per_question: Sequence[dict[str, Any]], metric: str = "token_f1",
+                 resamples: int = 2000) -> list[dict[str, Any]]:
+    """Run − baseline mean ``metric`` (a per-question text score) for each baseline with answers in
+    ``per_question`` (:func:`text_rows`' rows), with a paired-bootstrap 95% interval over the
+    questions and its verdict, as :func:`compare_to_baselines` does for MRR."""
+    if not per_question:
+        return []
+    run = [r["scores"][metric] for r in per_question]
+    out = []
+    for name in per_question[0].get("baselines", {}):
+        other = [r["baselines"][name]["scores"][metric] for r in per_question]
+        bs = M.paired_bootstrap(run, other, resamples=resamples)
+        out.append({"baseline": name, "metric": metric, f"{metric}_diff": bs["diff"], "ci95": [bs["lo"], bs["hi"]],
+                    "verdict": M.bootstrap_verdict(bs)})
+    return out
+
+
 def evaluate_pairs(pipeline, train_pairs, test_pairs, baselines: Sequence[Baseline] = (),
                    candidate_pool: Sequence[str] | None = None, max_questions: int = 2000,
                    return_ranks: bool = False, text: bool = False, k: int = 5) -> dict[str, Any]:
@@ -325,6 +342,9 @@ def evaluate_pairs(pipeline, train_pairs, test_pairs, baselines: Sequence[Baseli
             if summary.get("note"):
                 row["text_note"] = summary["note"]
         out["text"] = {**text_info(pipeline), "seconds": round(time.perf_counter() - t0, 2)}
+        compare = compare_text(per_question)
+        if compare:
+            out["text"]["compare"] = compare
         out["per_question"] = per_question
     if return_ranks:
         out["ranks"] = {r.name: r.ranks for r in rows}
@@ -448,4 +468,10 @@ def format_text_table(result: dict[str, Any]) -> list[str]:
             held.append(f"{r['name']} {t['abstained']}/{n}")
     if held:
         lines.append(f"abstentions (empty answers, scored 0 above): {', '.join(held)}")
+    if info.get("compare"):
+        metric = info["compare"][0]["metric"]
+        lines += ["", f"run − baseline {metric.replace('_', ' ')}, 95% paired-bootstrap interval over the test questions:"]
+        for c in info["compare"]:
+            lo, hi = c["ci95"]
+            lines.append(f"  vs {c['baseline']:10s} {c[metric + '_diff']:+.4f}  [{lo:+.4f}, {hi:+.4f}]  {c['verdict']}")
     return lines

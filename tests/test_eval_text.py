@@ -113,6 +113,13 @@ def test_json_carries_the_text_metrics_of_the_run_and_each_baseline(nearest_run,
         assert 0 <= row["text"]["bleu"] <= 100 and 0 <= row["text"]["token_f1"] <= 1
         assert row["text"]["abstained"] == 0  # the nearest decoder always answers
     assert out["text"]["decoder"] == "nearest" and out["text"]["seconds"] >= 0
+    by = {r["name"]: r["text"]["token_f1"] for r in out["rows"]}
+    assert [c["baseline"] for c in out["text"]["compare"]] == ["identity", "mean"]
+    for c in out["text"]["compare"]:  # paired bootstrap of the per-question token F1, as for MRR
+        lo, hi = c["ci95"]
+        assert c["metric"] == "token_f1" and lo <= c["token_f1_diff"] <= hi
+        assert c["token_f1_diff"] == pytest.approx(by["run"] - by[c["baseline"]])
+    assert out["text"]["compare"][0]["verdict"] == "same"
     assert "per_question" not in out and "dump" not in out
     # identity predicts the question's own embedding, as the run (an identity core) does
     assert out["rows"][0]["text"] == out["rows"][1]["text"]
@@ -126,6 +133,8 @@ def test_table_shows_the_text_beside_the_embedding_metrics(nearest_run, capsys):
     assert lines[at + 2].split()[0] == "run" and len(lines[at + 2].split()) == 8
     assert lines[at + 3].split()[0] == "identity"
     assert not any(l.startswith("abstentions") for l in lines)
+    assert "run − baseline token f1, 95% paired-bootstrap interval over the test questions:" in lines
+    assert lines[-1].split()[:2] == ["vs", "identity"] and lines[-1].endswith("same")
 
 
 def test_dump_has_one_row_per_question(nearest_run, tmp_path, capsys):
@@ -166,7 +175,8 @@ def test_an_abstaining_decoder_scores_zero_counted_and_reported(bank_run, tmp_pa
     run = out["rows"][0]["text"]
     assert run["abstained"] == 1 and run["exact_match"] == pytest.approx(2 / 3)
     assert run["token_f1"] == pytest.approx(2 / 3) and run["reembed_cosine"] == pytest.approx(2 / 3, abs=1e-5)
-    assert out["text"] == {"decoder": "phrasebank", "min_score": 0.6, "seconds": out["text"]["seconds"]}
+    assert {k: v for k, v in out["text"].items() if k not in ("seconds", "compare")} == {
+        "decoder": "phrasebank", "min_score": 0.6}
     rows = [json.loads(line) for line in dump.read_text().splitlines()]
     held = [r for r in rows if r["abstained"]]
     assert [r["question"] for r in held] == ["zebra quantum"] and held[0]["answer"] == ""
