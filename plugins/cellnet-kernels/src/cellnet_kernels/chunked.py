@@ -12,6 +12,9 @@ step, identical to the unchunked one. Scratch memory is bounded by the slab, not
 With autograd on, every slab's buffers are kept for the backward pass, so chunking saves no
 memory in training (use the lattice's ``checkpoint_steps`` there); the result and its gradients
 are still exact.
+
+Built on :mod:`cellnet_kernels.slots` (the slot maths); :mod:`cellnet_kernels.fused` hands its large
+autograd steps to this kernel.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from typing import Any
 
 import torch
 
-from cellnet_kernels.fused import (GMLP_BLOCK_DIVISOR, FusedKernel, _cell_kind, _map_axis, cell_delta, gmlp_delta,
-                                   needs_grad)
+from cellnet_kernels.slots import (GMLP_BLOCK_DIVISOR, IndexCache, ReferenceFallback, cell_delta, cell_kind,
+                                   gmlp_delta, map_axis, needs_grad)
 
 
 def slab_planes(x: int, y: int, z: int, slab: int = 0, slab_cells: int = 262_144) -> int:
@@ -36,13 +39,17 @@ class ChunkedKernel:
 
     name = "chunked"
 
+    #: without gradients, gmlp slabs are processed in blocks of about this many cells / 32
+    block_cells = 65536
+
     def __init__(self, slab: int = 0, slab_cells: int = 262_144):
         self.slab, self.slab_cells = int(slab), int(slab_cells)
-        self._fused = FusedKernel()  # owns the index cache
+        self._indices = IndexCache()
+        self._fallback = ReferenceFallback(self.name)
         self._scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _halo_planes(self, x0: int, x1: int, size: int, boundary: str) -> tuple[int | None, int | None]:
-        lo, hi = _map_axis(torch.tensor([x0 - 1, x1]), size, boundary).tolist()
+        lo, hi = map_axis(torch.tensor([x0 - 1, x1]), size, boundary).tolist()
         return (lo if lo >= 0 else None), (hi if hi >= 0 else None)
 
     def _scratch_for(self, bsz: int, rows: int, n_s: int, s: int, c: int, like: torch.Tensor):
@@ -58,6 +65,9 @@ class ChunkedKernel:
     def step(self, state: torch.Tensor, field: torch.Tensor | None, cell: Any, topology: Any) -> torch.Tensor:
         """One synchronous step computed in X-slabs with a 1-plane halo; ``state [B, X, Y, Z, C]``
         in and out, equal to the fused step."""
+        kind = cell_kind(cell, topology.edge_weight)
+        if kind == "reference":
+            return self._fallback.step(state, field, cell, topology)
         bsz, x, y, z, c = state.shape
         yz = y * z
         k = int(topology.offsets.shape[0])
@@ -65,7 +75,6 @@ class ChunkedKernel:
         s = k + 2 if has_field else k + 1
         boundary = topology.boundary
         grad = needs_grad(state, field, topology.edge_weight, cell=cell)
-        kind = _cell_kind(cell, topology.edge_weight)
         sx = slab_planes(x, y, z, self.slab, self.slab_cells)
         ew = topology.edge_weight
         ew_planes = ew.reshape(x, yz, k) if ew is not None and ew.dim() == 2 else None
@@ -77,7 +86,7 @@ class ChunkedKernel:
             x1 = min(x, x0 + sx)
             ns = (x1 - x0) * yz
             lo, hi = self._halo_planes(x0, x1, x, boundary)
-            idx = self._fused.index((x1 - x0, y, z), topology, state.device, x_halo=True, has_field=has_field)
+            idx = self._indices.get((x1 - x0, y, z), topology, state.device, x_halo=True, has_field=has_field)
             n_state = (x1 - x0 + 2) * yz
             rows = n_state + (ns if has_field else 0) + 1
             if grad:
@@ -98,7 +107,7 @@ class ChunkedKernel:
                     src[:, n_state:n_state + ns] = field3[:, x0:x1].reshape(bsz, ns, c)
                 src[:, rows - 1] = 0
             if kind == "gmlp":
-                blk = max(1, self._fused.block_cells // GMLP_BLOCK_DIVISOR // bsz) if not grad else 0
+                blk = max(1, self.block_cells // GMLP_BLOCK_DIVISOR // bsz) if not grad else 0
                 delta = gmlp_delta(src, idx, ns, k, has_field, n_state, cell, block=blk, inplace=not grad)
             else:
                 if grad:
@@ -116,7 +125,7 @@ class ChunkedKernel:
 
     def clear(self) -> None:
         """Drop the cached indices and scratch buffers."""
-        self._fused.clear()
+        self._indices.clear()
         self._scratch.clear()
 
     def __repr__(self) -> str:

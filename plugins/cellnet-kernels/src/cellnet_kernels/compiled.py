@@ -1,5 +1,6 @@
-"""The ``compiled`` kernel: the fused step (:func:`cellnet_kernels.fused.functional_step`) under
-``torch.compile``.
+"""The ``compiled`` kernel: the fused step (:func:`cellnet_kernels.slots.functional_step`) under
+``torch.compile``. A cell that does not declare ``rowwise = True`` runs the reference step (logged
+once).
 
 Where compilation is not available — no C/C++ compiler for the CPU backend, no ``triton`` for
 CUDA, a Python version dynamo does not support, or the first compile fails — the kernel logs the
@@ -17,7 +18,8 @@ from typing import Any
 
 import torch
 
-from cellnet_kernels.fused import FusedKernel, _cell_kind, functional_step
+from cellnet_kernels.fused import FusedKernel
+from cellnet_kernels.slots import ReferenceFallback, cell_kind, functional_step
 
 log = logging.getLogger("cellnet_kernels")
 
@@ -64,6 +66,7 @@ class CompiledKernel:
         self.mode, self.dynamic, self.recompile_limit = mode, dynamic, int(recompile_limit)
         self.fallback_reason: str | None = None
         self._fused = FusedKernel()
+        self._fallback = ReferenceFallback(self.name)
         self._fn = None
         self._checked: set[str] = set()
 
@@ -90,13 +93,16 @@ class CompiledKernel:
     def step(self, state: torch.Tensor, field: torch.Tensor | None, cell: Any, topology: Any) -> torch.Tensor:
         """One step through the compiled function, or through ``fused`` where compiling is not
         possible (reason logged once)."""
+        kind = cell_kind(cell, topology.edge_weight)
+        if kind == "reference":  # a cell that only the reference step may run (logged once)
+            return self._fallback.step(state, field, cell, topology)
         fn = self._compiled_for(state.device.type)
         if fn is None:
             return self._fused.step(state, field, cell, topology)
         k = int(topology.offsets.shape[0])
         idx = self._fused.index(tuple(state.shape[1:4]), topology, state.device, has_field=field is not None)
         try:
-            return fn(state, field, idx, k, _cell_kind(cell, topology.edge_weight), cell, topology.edge_weight)
+            return fn(state, field, idx, k, kind, cell, topology.edge_weight)
         except Exception as exc:
             out = self._fused.step(state, field, cell, topology)  # raises too when the inputs are at fault
             first = (str(exc).strip().splitlines() or [""])[0][:300]

@@ -10,7 +10,9 @@
   inputs are copied into the graph's static tensors, the graph replays, and the output is cloned
   (callers may keep states across steps). Parameters are read from their own memory, so an
   optimiser's in-place update is seen by the next replay; a cell whose parameters are *replaced*
-  (new tensors) gets a new capture (the key holds the parameters' data pointers).
+  (new tensors) gets a new capture (the key holds the parameters' data pointers). Third-party
+  cells (``generic`` in :func:`cellnet_kernels.slots.cell_kind`) are never captured: the fused maths
+  run eagerly for them; a cell without ``rowwise = True`` runs the reference step (logged once).
   Training steps (autograd on) run the fused maths eagerly under autocast.
 
 Building this kernel on a machine without CUDA raises :class:`MissingDependencyError` (a
@@ -26,7 +28,8 @@ from typing import Any
 import torch
 
 from cellnet_core.errors import MissingDependencyError
-from cellnet_kernels.fused import FusedKernel, _cell_kind, functional_step, needs_grad
+from cellnet_kernels.fused import FusedKernel
+from cellnet_kernels.slots import ReferenceFallback, cell_kind, functional_step, needs_grad
 
 log = logging.getLogger("cellnet_kernels")
 
@@ -73,6 +76,7 @@ class CudaKernel:
             log.warning("kernel 'cuda': this GPU has no bf16 support; using fp16 autocast instead")
             self.amp_dtype = torch.float16
         self._fused = FusedKernel()
+        self._fallback = ReferenceFallback(self.name)
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
 
     # -- the maths ------------------------------------------------------------------------------
@@ -92,10 +96,13 @@ class CudaKernel:
                 f"kernel 'cuda' got a state on '{state.device}'; put the pipeline on a GPU (device: cuda) "
                 "or use kernel: fused")
         k = int(topology.offsets.shape[0])
-        kind = _cell_kind(cell, topology.edge_weight)
+        kind = cell_kind(cell, topology.edge_weight)
+        if kind == "reference":  # a cell that only the reference step may run (logged once)
+            return self._fallback.step(state, field, cell, topology)
         idx = self._fused.index(tuple(state.shape[1:4]), topology, state.device, has_field=field is not None)
         weight = topology.edge_weight
-        if not self.cuda_graphs or needs_grad(state, field, weight, cell=cell):
+        # a third-party cell may hold host-side logic a captured graph would freeze: run it eagerly
+        if not self.cuda_graphs or kind == "generic" or needs_grad(state, field, weight, cell=cell):
             return self._eager(state, field, idx, k, kind, cell, weight)
         key = (tuple(state.shape), state.dtype, state.device.index, field is not None,
                None if field is None else field.dtype, None if weight is None else tuple(weight.shape),
