@@ -465,7 +465,9 @@ class Engine:
         params = model.parameters()
         loss_fn = self._loss_fn()
         n = train.q.shape[0]
-        steps_nominal = max(1, math.ceil(n / cfg.batch_size))
+        # one optimisation step covers accumulate × batch_size rows (training.accumulate)
+        step_rows = cfg.batch_size * int(getattr(cfg, "accumulate", 1) or 1)
+        steps_nominal = max(1, math.ceil(n / step_rows))
         run_dir = Path(run.run_dir)
 
         groups = _param_groups(model, params, getattr(cfg, "lr_scale", {}) or {})
@@ -536,7 +538,7 @@ class Engine:
                         mined is None or (epoch - 1) % cfg.mine_every == 0):
                     mined = self._mine(model, train, cfg.hard_negatives)
                 order = rows[torch.randperm(rows.numel(), generator=epoch_generator(run.seed, epoch))]
-                batches = [order[i:i + cfg.batch_size] for i in range(0, order.numel(), cfg.batch_size)]
+                batches = [order[i:i + step_rows] for i in range(0, order.numel(), step_rows)]
                 # each mixed objective: one pass over its rows per epoch, in as many chunks as there are steps
                 aux_chunks = [torch.tensor_split(
                     torch.randperm(a.train.q.shape[0], generator=step_generator(run.seed, epoch, 0, f"mix:{a.name}")),
@@ -625,12 +627,11 @@ class Engine:
                                     "stopped_early": float(stopped_early)},
                            seconds=time.perf_counter() - t_start, history=run.read_metrics())
 
-    def _batch_loss(self, model, amp_ctx, loss_fn: CombinedLoss, train: TrainSet, idx: torch.Tensor,
-                    mined: torch.Tensor | None, rank: int, world: int, noise: torch.Generator | None
-                    ) -> torch.Tensor:
-        """The full-batch loss of rows ``idx`` (this process runs its shard, see the module doc)."""
-        device = torch.device(model.device)
-        # the answer columns of this batch: true answers, mined and fixed negatives, each once
+    @staticmethod
+    def _columns(loss_fn: CombinedLoss, train: TrainSet, idx: torch.Tensor, mined: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The answer columns of batch ``idx`` (true answers, mined and fixed negatives, each once)
+        and each row's true column among them."""
         parts = [train.pos[idx]]
         if loss_fn.uses_negatives:
             if mined is not None:
@@ -639,7 +640,14 @@ class Engine:
                 neg = train.negatives[idx].reshape(-1)
                 parts.append(neg[neg >= 0])
         cols = torch.unique(torch.cat(parts))
-        pos = torch.searchsorted(cols, train.pos[idx])
+        return cols, torch.searchsorted(cols, train.pos[idx])
+
+    def _batch_loss(self, model, amp_ctx, loss_fn: CombinedLoss, train: TrainSet, idx: torch.Tensor,
+                    mined: torch.Tensor | None, rank: int, world: int, noise: torch.Generator | None
+                    ) -> torch.Tensor:
+        """The full-batch loss of rows ``idx`` (this process runs its shard, see the module doc)."""
+        device = torch.device(model.device)
+        cols, pos = self._columns(loss_fn, train, idx, mined)
         local, _ = D.shard(idx, rank, world)
         x = train.q[local]
         if noise is not None:
@@ -666,6 +674,9 @@ class Engine:
         def noise(stream: str) -> torch.Generator | None:
             return step_generator(seed, epoch, step, stream) if sigma > 0 else None
 
+        if opt is not None and int(getattr(self.cfg, "accumulate", 1) or 1) > 1:
+            return self._accumulated_step(model, opt, scaler, amp_ctx, loss_fn, train, idx, mined, lr, rank, world,
+                                          noise, aux_idx)
         loss = self._batch_loss(model, amp_ctx, loss_fn, train, idx, mined, rank, world, noise("noise"))
         aux_values: list[float] = []
         for a, rows in zip(self.aux, aux_idx or []):
@@ -698,3 +709,90 @@ class Engine:
         else:
             opt.step()
         return loss.detach(), aux_values
+
+    # -- gradient accumulation (training.accumulate) -------------------------------------------------
+    def _accumulated_step(self, model, opt, scaler, amp_ctx, loss_fn, train: TrainSet, idx: torch.Tensor,
+                          mined: torch.Tensor | None, lr: float, rank: int, world: int,
+                          noise: Callable[[str], torch.Generator | None], aux_idx: list[torch.Tensor] | None
+                          ) -> tuple[torch.Tensor, list[float]]:
+        """One optimisation step over ``idx`` run ``training.accumulate`` micro-batches at a time.
+
+        The loss (in-batch negatives included) is the full batch's: every micro-batch is first
+        run without a graph, the loss of the whole batch gives the gradient with respect to each
+        prediction, and each micro-batch is then run again with its graph and back-propagated
+        with its rows of that gradient (gradient caching). The RNG is replayed per micro-batch so
+        both passes draw the same numbers. Memory is that of one micro-batch of lattice
+        activations; the update is the one the whole batch gives."""
+        for g in opt.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+        opt.zero_grad(set_to_none=False)
+        total = self._accumulate(model, amp_ctx, loss_fn, train, idx, mined, rank, world, noise("noise"), 1.0, scaler)
+        aux_values: list[float] = []
+        for a, rows in zip(self.aux, aux_idx or []):
+            if rows.numel() == 0:
+                aux_values.append(0.0)
+                continue
+            v = self._accumulate(model, amp_ctx, a.loss, a.train, rows, None, rank, world, noise(f"noise:{a.name}"),
+                                 a.weight, scaler)
+            aux_values.append(v)
+            total += a.weight * v
+        loss = torch.tensor(total)
+        if not math.isfinite(total):
+            opt.zero_grad(set_to_none=False)  # the caller reports the divergence; no step on it
+            return loss, aux_values
+        if scaler is not None:
+            scaler.unscale_(opt)
+        params = [p for g in opt.param_groups for p in g["params"]]
+        D.sum_gradients(params, world)
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        return loss, aux_values
+
+    def _accumulate(self, model, amp_ctx, loss_fn: CombinedLoss, train: TrainSet, idx: torch.Tensor,
+                    mined: torch.Tensor | None, rank: int, world: int, noise: torch.Generator | None,
+                    weight: float, scaler: Any) -> float:
+        """Back-propagate ``weight`` × the full-batch loss of rows ``idx`` in micro-batches; returns the loss."""
+        device = torch.device(model.device)
+        cols, pos = self._columns(loss_fn, train, idx, mined)
+        local, _ = D.shard(idx, rank, world)
+        x = train.q[local]
+        if noise is not None:
+            eps = torch.randn(idx.numel(), x.shape[1], generator=noise)
+            where, _ = D.shard(torch.arange(idx.numel()), rank, world)
+            x = x + float(self.cfg.input_noise) * eps[where].to(x.dtype)
+        k = int(getattr(self.cfg, "accumulate", 1) or 1)
+        chunks = torch.tensor_split(torch.arange(x.shape[0]), max(1, min(k, x.shape[0])))
+        states, outs = [], []
+        with torch.no_grad():
+            for c in chunks:
+                states.append(_rng_snapshot(device))
+                with amp_ctx:
+                    outs.append(model(x[c].to(device)).float())
+        pred_local = torch.cat(outs).requires_grad_(True)
+        pred = D.gather_rows(pred_local, idx.numel(), world)
+        loss = loss_fn(LossBatch(pred, train.bank[cols].to(device).float(), pos.to(device)))
+        scaled = loss * weight
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        grad = pred_local.grad
+        for c, state in zip(chunks, states):
+            _rng_restore(state, device)
+            with amp_ctx:
+                out = model(x[c].to(device)).float()
+            out.backward(grad[c.to(grad.device)])
+        return float(loss.detach())
+
+
+def _rng_snapshot(device: torch.device) -> tuple[torch.Tensor, Any]:
+    """The CPU (and this CUDA device's) RNG state, to replay a forward pass."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _rng_restore(state: tuple[torch.Tensor, Any], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
