@@ -33,7 +33,7 @@ def test_broken_plugin_reported_others_still_load(fake_distribution):
                       {"fakeplug_bad.py": "raise RuntimeError('boom at import')\n"})
     pm = create_plugin_manager(autoload=True)
     bad = next(p for p in pm.report.plugins if p.name == "fakebad")
-    assert bad.error == "RuntimeError: boom at import"
+    assert bad.error == "importing fakeplug_bad raised RuntimeError: boom at import"
     assert "fakeplug-enc" in collect_registry(pm).names("encoder")
 
 
@@ -63,9 +63,14 @@ def test_fresh_manager_each_call_and_tmp_plugin(tmp_plugin):
         @staticmethod
         @hookimpl
         def cellnet_register_components(registry):
-            from cellnet_core.builtin.configs import IdentityCoreConfig
+            from typing import Literal
 
-            registry.add("strategy", "inline", IdentityCoreConfig, lambda c, x: None, summary="t")
+            from cellnet_core.config import ComponentConfig
+
+            class InlineConfig(ComponentConfig):
+                name: Literal["inline"] = "inline"
+
+            registry.add("strategy", "inline", InlineConfig, lambda c, x: None, summary="t")
 
     with tmp_plugin(Inline(), "inline") as (pm, reg):
         assert "inline" in reg.names("strategy")

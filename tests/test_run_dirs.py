@@ -62,7 +62,7 @@ class Crash:
     @hookimpl
     def cellnet_on_epoch_end(self, run_dir, epoch, metrics):
         if epoch == self.epoch:
-            raise RuntimeError("simulated kill")
+            raise KeyboardInterrupt("simulated kill")  # a kill; observer faults are skipped
 
 
 def test_non_empty_run_dir_refused_with_one_line(greet, tmp_path):
@@ -107,7 +107,7 @@ def test_a_crash_leaves_no_loadable_half_run_and_resume_finishes_it(lattice_cfg,
     register_plugin(pm, Crash(epoch=2), "crash")
     plugins = (pm, collect_registry(pm))
     run = tmp_path / "run"
-    with pytest.raises(RuntimeError, match="simulated kill"):
+    with pytest.raises(KeyboardInterrupt, match="simulated kill"):
         api.train(lattice_cfg, run, plugins=plugins)
     err = capsys.readouterr().err
     assert f"cellnet train --resume {run}" in err
@@ -145,7 +145,7 @@ def test_kill_and_resume_through_the_api_matches_uninterrupted(tmp_path):
     assert full.train_info["untrained"] is False and full.train_info["best_epoch"] > 0
 
     killed = tmp_path / "killed"
-    with pytest.raises(RuntimeError, match="simulated kill"):
+    with pytest.raises(KeyboardInterrupt, match="simulated kill"):
         api.train(fake_config(FAST), killed, plugins=fake_registry({"crash": Crash(epoch=2)}), echo=None)
     assert not killed.exists()
     resumed = api.train(None, killed, resume=True, plugins=fake_registry(), echo=None)
