@@ -48,7 +48,7 @@ def cmd_plugins(args) -> int:
     """``cellnet plugins``: each plugin, its distribution, version and what it provides."""
     pm, registry = _load(quiet=True)
     rows = [{"name": p.name, "distribution": p.distribution, "version": p.version, "module": p.module,
-             "provides": p.provides, "error": p.error} for p in pm.report.plugins]
+             "provides": p.provides, "error": p.error, "problems": p.problems} for p in pm.report.plugins]
     if args.json:
         _print({"plugins": rows, "warnings": pm.report.warnings}, True)
         return 0
