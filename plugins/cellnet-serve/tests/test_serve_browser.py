@@ -107,3 +107,13 @@ def test_chat_page_in_chromium(served, browser, tiny_pipe):
     browser.find_element(By.ID, "new-conversation").click()
     assert browser.find_element(By.ID, "conversation-id").text != conversation
     assert not browser.find_elements(By.CSS_SELECTOR, ".turn")
+
+
+def test_openapi_page_renders_in_chromium(served, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(served + "/docs")  # Swagger UI from the package itself, nothing from a CDN
+    WebDriverWait(browser, 20).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 7)
+    paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/v1/answer", "/v1/embed", "/v1/think", "/v1/decode", "/healthz", "/readyz", "/metrics"} <= paths

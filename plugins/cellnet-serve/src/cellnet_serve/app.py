@@ -281,14 +281,13 @@ def create_app(service: Service) -> FastAPI:
     app.state.service, app.state.batcher, app.state.metrics = service, batcher, metrics
     static = resources.files("cellnet_serve") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
-    try:
-        from swagger_ui_bundle import swagger_ui_path
-
-        app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+    try:  # Swagger UI's files ship with fastapi-offline: the API page works without internet
+        docs_files = resources.files("fastapi_offline") / "static"
+        app.mount("/docs-assets", StaticFiles(directory=str(docs_files)), name="docs-assets")
         swagger = {"swagger_js_url": "/docs-assets/swagger-ui-bundle.js",
                    "swagger_css_url": "/docs-assets/swagger-ui.css",
-                   "swagger_favicon_url": "/docs-assets/favicon-32x32.png"}
-    except ImportError:  # pragma: no cover - a dependency; without it the page loads Swagger UI from its CDN
+                   "swagger_favicon_url": "/docs-assets/favicon.png"}
+    except (ImportError, ModuleNotFoundError):  # pragma: no cover - a dependency; else Swagger UI's CDN
         swagger = {}
 
     @app.exception_handler(RequestValidationError)
