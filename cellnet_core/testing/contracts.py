@@ -342,3 +342,244 @@ class DatasetContract(ComponentContract):
         """``texts('train')`` holds non-empty strings."""
         texts = self.build(registry).texts("train")
         assert texts and all(isinstance(t, str) and t.strip() for t in texts[:100])
+
+
+class CellContract(ComponentContract):
+    """Contract of a ``cell`` (a lattice's update rule, ``core.cell``): the call
+    ``delta = cell(neigh [..., K, C], own [..., C], inp [..., C] | None)`` on any leading dims,
+    ``inp=None`` equal to zeros, a zero update at initialisation, gradients to every parameter,
+    same seed → same cell, and, when the cell declares ``rowwise = True``, numbers that do not
+    depend on which other cells are evaluated beside it. The lattice runs it with the ``reference``
+    kernel and every fast kernel registered for the CPU, with equal results and gradients.
+
+    The cell's factory gets ``ctx.channels`` (C) and ``ctx.k`` (K neighbours per cell), as the
+    lattice gives them."""
+
+    kind = "cell"
+    #: neighbours per cell in the tests (6: the von Neumann neighbourhood)
+    k: ClassVar[int] = 6
+    #: the update is exactly zero at initialisation (an untrained lattice is the identity)
+    starts_at_zero: ClassVar[bool] = True
+    #: fast kernels compared with ``reference`` in a lattice (those that are registered)
+    kernels: ClassVar[tuple[str, ...]] = ("fused", "chunked")
+
+    def make_context(self, registry):
+        """What a cell factory gets: ``channels``, ``k``, ``registry``, ``device``, ``seed``."""
+        import types
+
+        import torch
+
+        return types.SimpleNamespace(channels=self.lattice_channels, k=self.k, registry=registry,
+                                     device=torch.device("cpu"), seed=0)
+
+    def inputs(self, lead: tuple[int, ...] = (2, 3, 2, 2), seed: int = 0):
+        """``(neigh [*lead, K, C], own [*lead, C], inp [*lead, C])``, seeded."""
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        c = self.lattice_channels
+        return (torch.randn(*lead, self.k, c, generator=g), torch.randn(*lead, c, generator=g),
+                torch.randn(*lead, c, generator=g))
+
+    def randomised(self, registry):
+        """The cell with every parameter drawn at random (seeded), so that no layer is zero."""
+        import torch
+
+        cell = self.build(registry)
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in cell.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        return cell
+
+    def test_is_module(self, registry):
+        """The factory returns a ``torch.nn.Module`` (the lattice trains its parameters)."""
+        from torch import nn
+
+        assert isinstance(self.build(registry), nn.Module)
+
+    def test_delta_shape_dtype_any_leading_dims(self, registry):
+        """``delta`` has ``own``'s shape and dtype and is finite, on lattice dims ``[B, X, Y, Z]``
+        and on flat rows ``[M]`` alike, with the same numbers."""
+        import torch
+
+        cell = self.randomised(registry)
+        neigh, own, inp = self.inputs()
+        out = cell(neigh, own, inp)
+        assert out.shape == own.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+        flat = cell(neigh.reshape(-1, self.k, self.lattice_channels), own.reshape(-1, self.lattice_channels),
+                    inp.reshape(-1, self.lattice_channels))
+        torch.testing.assert_close(flat.reshape(out.shape), out)
+
+    def test_no_input_equals_zero_input(self, registry):
+        """``inp=None`` (no input at this step) gives what zeros give."""
+        import torch
+
+        cell = self.randomised(registry)
+        neigh, own, inp = self.inputs()
+        torch.testing.assert_close(cell(neigh, own, None), cell(neigh, own, torch.zeros_like(inp)))
+
+    def test_starts_at_zero(self, registry):
+        """At initialisation the update is zero, so an untrained lattice returns its input."""
+        import torch
+
+        if not self.starts_at_zero:
+            pytest.skip("this cell does not start at a zero update")
+        neigh, own, inp = self.inputs()
+        out = self.build(registry)(neigh, own, inp)
+        torch.testing.assert_close(out, torch.zeros_like(out))
+
+    def test_rowwise_declared_truthfully(self, registry):
+        """A cell that declares ``rowwise = True`` gives every row the same update whether it is
+        evaluated with all rows, a subset or in another order (the fast kernels rely on it)."""
+        import torch
+
+        cell = self.randomised(registry)
+        if getattr(cell, "rowwise", False) is not True:
+            pytest.skip("the cell does not declare rowwise: the fast kernels run the reference step for it")
+        cell.eval()
+        neigh, own, inp = self.inputs((24,))
+        full = cell(neigh, own, inp)
+        perm = torch.randperm(24, generator=torch.Generator().manual_seed(2))
+        torch.testing.assert_close(cell(neigh[perm], own[perm], inp[perm]), full[perm])
+        torch.testing.assert_close(cell(neigh[5:9], own[5:9], inp[5:9]), full[5:9])
+
+    def test_gradients_reach_every_parameter(self, registry):
+        """Every parameter gets a finite, non-zero gradient (with random weights)."""
+        import torch
+
+        cell = self.randomised(registry)
+        neigh, own, inp = self.inputs()
+        cell(neigh, own, inp).pow(2).sum().backward()
+        for name, p in cell.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), f"no gradient reaches {name}"
+            assert p.grad.abs().sum() > 0, f"the gradient of {name} is zero"
+
+    def test_same_seed_same_cell(self, registry):
+        """Two builds with the same seed are the same cell."""
+        import torch
+
+        a, b = self.build(registry), self.build(registry)
+        for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+            torch.testing.assert_close(pa, pb, msg=f"parameter {name} differs between two seeded builds")
+
+    def lattice(self, registry, kernel: str):
+        """A ``lattice`` core of this cell on the contract's lattice, stepped by ``kernel``."""
+        if "lattice" not in registry.names("core"):
+            pytest.skip("no 'lattice' core registered")
+        cfg = registry.config_for("core", {"name": "lattice", "cell": self.full_config(), "steps": 3,
+                                           "injection": "every", "kernel": kernel}, where="core")
+        # the pipeline's context (a flat reshaper of lattice_shape × lattice_channels), not a cell's
+        return registry.build("core", cfg, ComponentContract.make_context(self, registry))
+
+    def test_fast_kernels_match_reference(self, registry):
+        """In a lattice, every registered fast kernel gives the ``reference`` kernel's state and
+        gradients for this cell (it supports the cell or runs the reference step for it)."""
+        import torch
+
+        ref = self.lattice(registry, "reference")
+        g = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            for p in ref.cell.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        x, y, z = self.lattice_shape
+        field = torch.randn(2, x, y, z, self.lattice_channels, generator=g)
+        kernels = [k for k in self.kernels if k in registry.names("kernel")]
+        if not kernels:
+            pytest.skip("no fast kernel registered")
+
+        def run(core):
+            f = field.clone().requires_grad_(True)
+            out = core(f)
+            out.pow(2).sum().backward()
+            return out.detach(), f.grad, [p.grad for p in core.cell.parameters()]
+
+        ref.eval()
+        want = run(ref)
+        for name in kernels:
+            core = self.lattice(registry, name)
+            core.load_state_dict(ref.state_dict())
+            core.eval()
+            got = run(core)
+            torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5, msg=f"kernel {name}: state")
+            torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-5, msg=f"kernel {name}: field grad")
+            for a, b in zip(got[2], want[2]):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"kernel {name}: parameter grad")
+
+
+class LossContract(ComponentContract):
+    """Contract of a ``loss`` (``training.loss``): ``loss(batch) -> scalar`` on the batch view
+    every loss sees (``batch.pred [b, D]``, ``batch.cols [K, D]`` candidate answers, ``batch.pos
+    [b]`` the column of each true answer): finite, differentiable in ``pred``, lower for the true
+    answer than for a wrong one, deterministic; a loss that does not declare ``uses_negatives =
+    True`` ignores the other columns.
+
+    The loss's factory gets ``ctx.temperature`` and ``ctx.margin`` (the strategy's defaults)."""
+
+    kind = "loss"
+    dim: ClassVar[int] = 16
+
+    def make_context(self, registry):
+        """What a loss factory gets: the strategy's ``temperature`` and ``margin``, ``registry``."""
+        import types
+
+        return types.SimpleNamespace(temperature=0.05, margin=0.2, registry=registry)
+
+    def batch(self, pred=None, seed: int = 0, rows: int = 6, cols: int = 8):
+        """A batch view: ``rows`` predictions near their true answers among ``cols`` candidates."""
+        import types
+
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        bank = torch.nn.functional.normalize(torch.randn(cols, self.dim, generator=g), dim=-1)
+        pos = torch.randint(0, cols, (rows,), generator=g)
+        if pred is None:
+            pred = bank[pos] + 0.3 * torch.randn(rows, self.dim, generator=g)
+        return types.SimpleNamespace(pred=pred, cols=bank, pos=pos)
+
+    def test_scalar_finite_differentiable(self, registry):
+        """A finite scalar whose gradient reaches the predictions."""
+        import torch
+
+        loss = self.build(registry)
+        b = self.batch()
+        b.pred = b.pred.clone().requires_grad_(True)
+        value = loss(b)
+        assert isinstance(value, torch.Tensor) and value.dim() == 0 and torch.isfinite(value)
+        value.backward()
+        assert b.pred.grad is not None and torch.isfinite(b.pred.grad).all() and b.pred.grad.abs().sum() > 0
+
+    def test_true_answer_costs_less(self, registry):
+        """Predicting each row's true answer costs less than predicting another column."""
+        loss = self.build(registry)
+        b = self.batch()
+        right = self.batch(pred=b.cols[b.pos].clone())
+        wrong = self.batch(pred=b.cols[(b.pos + 1) % b.cols.shape[0]].clone())
+        assert float(loss(right)) < float(loss(wrong))
+
+    def test_deterministic_and_one_row(self, registry):
+        """Two builds give the same value; a batch of one row works."""
+        import torch
+
+        a, b = self.build(registry), self.build(registry)
+        torch.testing.assert_close(a(self.batch()), b(self.batch()))
+        one = self.batch(rows=1, cols=1)
+        assert torch.isfinite(a(one))
+
+    def test_negatives_declared(self, registry):
+        """``uses_negatives`` (default False) is a bool; without it the loss reads only the true
+        answers' columns, so mined negatives would be wasted on it."""
+        import torch
+
+        loss = self.build(registry)
+        uses = getattr(loss, "uses_negatives", False)
+        assert isinstance(uses, bool)
+        if uses:
+            return
+        b = self.batch()
+        other = self.batch()
+        keep = torch.zeros(other.cols.shape[0], dtype=torch.bool)
+        keep[other.pos] = True
+        other.cols = torch.where(keep[:, None], other.cols, torch.randn_like(other.cols))
+        torch.testing.assert_close(loss(b), loss(other))
