@@ -242,22 +242,123 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "-
         if not sep or not key:
             raise ConfigError(f"{source}: '{item}': expected KEY=VALUE, e.g. training.epochs=5")
         try:
-            value = yaml.safe_load(raw)
+            value = _parse_yaml(raw)
+        except _YamlProblem as exc:
+            raise ConfigError(f"{source}: '{key}': {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"{source}: '{key}': the value is nested too deeply") from None
         except yaml.YAMLError:
-            value = raw
+            value = raw  # not YAML: the text itself
         node = data
         parts = key.split(".")
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             if not isinstance(node.get(p), dict):
-                node[p] = {} if node.get(p) is None else (
-                    {"name": node[p]} if isinstance(node[p], str) else node[p])
+                if node.get(p) is not None and not isinstance(node[p], str):
+                    # a section given by its name alone becomes {name: ...}; any other value has no fields
+                    here = ".".join(parts[:i + 1])
+                    raise ConfigError(f"{source}: '{item}': {here} is {_yaml_kind(node[p])} ({node[p]!r}), "
+                                      f"not a section with fields; set it directly, e.g. {here}=...")
+                node[p] = {} if node.get(p) is None else {"name": node[p]}
             node = node[p]
         node[parts[-1]] = value
     return data
 
 
+def _yaml_kind(value: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", list: "a list"}.get(type(value),
+                                                                                     type(value).__name__)
+
+
+#: The most nodes a YAML document may expand to, every use of an alias counted: a run config has a
+#: few hundred; an alias bomb ("billion laughs": nine lists of nine aliases of the previous one)
+#: would expand to billions and exhaust the memory of whatever copies it.
+MAX_YAML_NODES = 1_000_000
+
+
+class StrictYamlLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader (no Python tags), with one change: a mapping that repeats a key is
+    an error naming the key and both lines (plain ``safe_load`` keeps the last value silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base' merges; explicit keys may override it
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeConstructor reports it
+                continue
+            if first is not None:
+                raise _YamlProblem(f"line {key_node.start_mark.line + 1}: duplicate key '{key}' "
+                                   f"(first given on line {first}); give each key once")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+class _YamlProblem(yaml.YAMLError):
+    """A YAML document that parses but is refused (its message names the line)."""
+
+
+def _expanded_nodes(root: yaml.Node) -> int:
+    """Nodes of the document with every alias expanded, counted without expanding them (each node's
+    size is computed once); a recursive alias (a node inside itself) is refused."""
+    sizes: dict[int, int] = {}
+    entered: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        children = ([c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode)
+                    else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if done:
+            entered.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > MAX_YAML_NODES:
+                raise _YamlProblem(f"line {node.start_mark.line + 1}: the document expands to more than "
+                                   f"{MAX_YAML_NODES:,} values through its aliases (*name); refusing to expand it")
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in entered:
+            raise _YamlProblem(f"line {node.start_mark.line + 1}: an alias refers to a value that contains it "
+                               f"(a recursive structure); a config cannot hold one")
+        entered.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def load_yaml(text: str, source: str = "config") -> Any:
+    """``text`` read as YAML the way every cellnet config is read: ``yaml.safe_load`` (no Python
+    tags) with duplicate keys refused, alias expansion bounded (:data:`MAX_YAML_NODES`) and deep
+    nesting refused; any problem is a :class:`ConfigError` ``source: line N: message``."""
+    try:
+        return _parse_yaml(text)
+    except _YamlProblem as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: {where}unreadable YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: unreadable YAML: nested too deeply") from None
+
+
+def _parse_yaml(text: str) -> Any:
+    loader = StrictYamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_nodes(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML file's mapping (``yaml.safe_load``); an unreadable file or YAML raises
+    """A YAML file's mapping (:func:`load_yaml`); an unreadable file or YAML raises
     :class:`ConfigError` naming the file and line."""
     path = Path(path)
     try:
@@ -266,13 +367,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: {where}unreadable YAML: {problem}") from None
+    data = load_yaml(text, str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):
