@@ -274,7 +274,8 @@ def compare_text(per_question: Sequence[dict[str, Any]], metric: str = "token_f1
                  resamples: int = 2000) -> list[dict[str, Any]]:
     """Run − baseline mean ``metric`` (a per-question text score) for each baseline with answers in
     ``per_question`` (:func:`text_rows`' rows), with a paired-bootstrap 95% interval over the
-    questions and its verdict, as :func:`compare_to_baselines` does for MRR."""
+    questions and its verdict, as :func:`compare_to_baselines` does for MRR (``same`` only when the two
+    means are equal)."""
     if not per_question:
         return []
     run = [r["scores"][metric] for r in per_question]
@@ -282,8 +283,9 @@ def compare_text(per_question: Sequence[dict[str, Any]], metric: str = "token_f1
     for name in per_question[0].get("baselines", {}):
         other = [r["baselines"][name]["scores"][metric] for r in per_question]
         bs = M.paired_bootstrap(run, other, resamples=resamples)
+        # "same" only for equal scores: text scores move in steps far coarser than float noise
         out.append({"baseline": name, "metric": metric, f"{metric}_diff": bs["diff"], "ci95": [bs["lo"], bs["hi"]],
-                    "verdict": M.bootstrap_verdict(bs)})
+                    "verdict": M.bootstrap_verdict(bs, min_effect=1e-12)})
     return out
 
 
