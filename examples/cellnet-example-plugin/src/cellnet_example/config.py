@@ -20,3 +20,19 @@ class CharNgramConfig(ComponentConfig):
     name: Literal["char-ngram"] = "char-ngram"
     dim: int = Field(256, ge=8, le=65536, description="embedding size")
     n: int = Field(3, ge=1, le=6, description="character n-gram length")
+
+
+class ResidualTanhCellConfig(ComponentConfig):
+    """Lattice cell: tanh MLP over (neighbour mean, own state, input), zero update at init."""
+
+    name: Literal["residual-tanh"] = "residual-tanh"
+    hidden: int = Field(16, ge=1, le=4096, description="hidden units H")
+    scale: float = Field(1.0, gt=0.0, le=100.0, description="largest update of a channel in one step")
+
+
+class CosineMarginLossConfig(ComponentConfig):
+    """CosFace-style large-margin softmax over the batch's candidate answers."""
+
+    name: Literal["cosine-margin"] = "cosine-margin"
+    scale: float = Field(20.0, gt=0.0, le=1000.0, description="logit scale s (an inverse temperature)")
+    margin: float = Field(0.2, ge=0.0, le=1.0, description="cosine margin m the true answer must win by")
