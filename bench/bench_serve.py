@@ -117,15 +117,18 @@ async def wait_ready(client, base: str) -> float:
 class Tally:
     def __init__(self) -> None:
         self.lat: list[float] = []
-        self.ok = self.busy = self.errors = 0
+        self.refused: list[float] = []  # seconds until a 503 came back
+        self.ok = self.busy = self.errors = self.retry_after = 0
         self.other: dict[str, int] = {}
 
-    def add(self, status: int | str, seconds: float) -> None:
+    def add(self, status: int | str, seconds: float, retry_after: bool = False) -> None:
         if status == 200:
             self.ok += 1
             self.lat.append(seconds)
         elif status == 503:
             self.busy += 1
+            self.refused.append(seconds)
+            self.retry_after += int(retry_after)
         else:
             self.errors += 1
             self.other[str(status)] = self.other.get(str(status), 0) + 1
@@ -133,14 +136,16 @@ class Tally:
 
 async def one(client, base: str, q: str, tally: Tally) -> None:
     t0 = time.perf_counter()
+    retry = False
     try:
         r = await client.post(base + "/v1/answer", json={"question": q, "k": 5})
         status: int | str = r.status_code
+        retry = "retry-after" in r.headers
         if status == 200 and not r.json()["answers"]:
             status = "empty"
     except Exception as exc:  # noqa: BLE001 - counted, never lost
         status = type(exc).__name__
-    tally.add(status, time.perf_counter() - t0)
+    tally.add(status, time.perf_counter() - t0, retry)
 
 
 async def serial(client, base: str, qs: list[str], n: int, deadline: float) -> tuple[Tally, float]:
@@ -276,7 +281,7 @@ async def main_async(args: argparse.Namespace) -> None:
         f"`bench/bench_serve.py`, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC. Machine: {platform.machine()}, "
         f"{os.cpu_count()} CPU cores shared by the server and the load generator (same machine, loopback), "
         f"torch {torch.__version__}; load average {load0:.1f} before / {load1:.1f} after (other work was "
-        f"running on the machine, so absolute figures are rough; the ratio is measured in the same minute). "
+        f"running on the machine, so absolute figures are rough; both loops ran in the same run, minutes apart). "
         f"Run: {run_note}: encoder `{ready.get('encoder')}`, core `{ready.get('core')}`, decoder "
         f"`{ready.get('decoder')}`; loaded in {load_s:.1f} s. Server: `cellnet serve` (`python -m cellnet_serve`) "
         f"with --max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms:g} --max-queue {args.max_queue}, "
@@ -293,7 +298,10 @@ async def main_async(args: argparse.Namespace) -> None:
         f"{'met' if ok_ratio else 'missed'}); mean batch {mean_batch:.1f} questions over the "
         f"concurrent phase's {n_batches:.0f} forward passes (one at a time: 1)",
         f"- lost requests: {lost_c + c_tally.errors + b_tally.errors} (every request answered or refused with 503: "
-        f"{'yes' if ok_lost else 'no'}); the burst's refusals came back at once with `Retry-After`",
+        f"{'yes' if ok_lost else 'no'}); the burst's {b_tally.busy} refusals came back in "
+        f"{pct([x * 1000 for x in b_tally.refused], 50):.0f} ms (median; "
+        f"{pct([x * 1000 for x in b_tally.refused], 99):.0f} ms p99), {b_tally.retry_after} of them with `Retry-After`, "
+        f"while the answered ones waited for their batches",
         f"- server memory (RSS): {rss0:.0f} MiB after the warm-up, {rss1:.0f} MiB at the end ({drift:+.1f} %; "
         f"target within ±10 %: {'met' if ok_mem else 'missed'})",
         f"- the server exited with {rc} after SIGTERM",
