@@ -24,16 +24,17 @@ def _env(tiny_run) -> dict[str, str]:
     return {**os.environ, "CELLNET_CACHE_DIR": str(tiny_run.parent / "cache"), "CELLNET_API_KEY": ""}
 
 
-def test_serve_is_a_cellnet_command():
+def test_serve_is_a_cellnet_command(tmp_path, capsys):
     from cellnet_core import hookspecs
-    from cellnet_core.cli import build_parser
+    from cellnet_core.cli import build_parser, main
 
     if not hasattr(hookspecs, "cellnet_register_commands"):
         pytest.skip("this cellnet-core has no cellnet_register_commands hook: plugins cannot add commands")
-
     p = build_parser()
     args = p.parse_args(["serve", "runs/x", "--port", "0", "--max-batch", "4", "--repeat-penalty", "0.2"])
     assert args.run_dir == "runs/x" and args.max_batch == 4 and args.repeat_penalty == 0.2
+    assert main(["serve", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: no such run directory"
 
 
 @pytest.mark.parametrize("argv, message", [
