@@ -47,6 +47,7 @@ def _default_run_dir(config_path: str) -> Path:
 def cmd_plugins(args) -> int:
     """``cellnet plugins``: each plugin, its distribution, version and what it provides."""
     pm, registry = _load(quiet=True)
+    build_parser(pm, warn=False)  # records each plugin's commands, and a plugin whose commands failed
     rows = [{"name": p.name, "distribution": p.distribution, "version": p.version, "module": p.module,
              "provides": p.provides, "error": p.error, "problems": p.problems} for p in pm.report.plugins]
     if args.json:
@@ -174,12 +175,14 @@ def cmd_schema(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    """``cellnet train``: train a run (:func:`cellnet_core.api.train`), or launch N data-parallel workers."""
-    from cellnet_core import api
-    from cellnet_core.run import prepare_run_dir, target_of
+def train_target(args) -> tuple[str | None, Path]:
+    """The config file (None for ``--resume``) and the run directory that a ``cellnet train``
+    command line names, after checking that its arguments go together (:class:`ConfigError` if not).
 
-    pm, registry = _load()
+    Public for plugins that take over ``train`` (``cellnet_register_commands``'s ``add_options``):
+    the training plugin's ``--nproc`` launch resolves the run the same way."""
+    from cellnet_core.run import target_of
+
     if args.resume and args.config:
         raise ConfigError("train: give a CONFIG file or --resume RUN_DIR, not both (a resumed run keeps its "
                           "own config; change it with --set)")
@@ -187,39 +190,24 @@ def cmd_train(args) -> int:
         raise ConfigError("train: --resume RUN_DIR names the run; drop --run-dir")
     if not args.resume and not args.config:
         raise ConfigError("train: give a CONFIG file or --resume RUN_DIR")
-    if args.restart and not args.resume:
+    if getattr(args, "restart", False) and not args.resume:
         raise ConfigError("train: --restart goes with --resume RUN_DIR (it trains that run again from scratch)")
     if args.resume:
-        run_dir = target_of(args.resume)
-        config = None
-    else:
-        run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config)
-        config = args.config
-    if args.nproc and args.nproc > 1 and api.STAGING_ENV not in os.environ:
-        try:
-            from cellnet_training.distributed import launch
-        except ImportError:
-            raise ConfigError("--nproc needs the cellnet-training plugin (pip install -e plugins/cellnet-training)") from None
-        # check and prepare once here, so that every worker writes the same partial directory
-        api.load_config(config if config is not None else api.find_run_config(api.resume_source(run_dir)), args.set,
-                        plugins=(pm, registry))
-        partial = prepare_run_dir(run_dir, overwrite=args.overwrite, resume=bool(args.resume), restart=args.restart)
-        os.environ[api.STAGING_ENV], os.environ[api.TARGET_ENV] = str(partial), str(run_dir)
-        rc = int(launch(args.nproc, list(sys.argv[1:])) or 0)
-        if rc:
-            _interrupted_hint(partial, run_dir)
-        return rc
+        return None, target_of(args.resume)
+    return args.config, Path(args.run_dir) if args.run_dir else _default_run_dir(args.config)
+
+
+def cmd_train(args) -> int:
+    """``cellnet train``: train a run (:func:`cellnet_core.api.train`)."""
+    from cellnet_core import api
+
+    pm, registry = _load()
+    config, run_dir = train_target(args)
     pipe = api.train(config, run_dir, overwrite=args.overwrite, resume=bool(args.resume),
                      overrides=args.set, plugins=(pm, registry), restart=args.restart)
     if pipe.train_info is not None:
         print(f"saved run: {pipe.run_dir}")
     return 0
-
-
-def _interrupted_hint(partial: Path, run_dir: Path) -> None:
-    from cellnet_core.api import interrupted_note
-
-    print(interrupted_note(partial, run_dir), file=sys.stderr)
 
 
 def _questions(args) -> list[str]:
@@ -443,25 +431,6 @@ def cmd_cache(args) -> int:
     return 0
 
 
-def cmd_viz(args) -> int:
-    """``cellnet viz``: PNG pictures of a lattice run's state for one text."""
-    from cellnet_core.pipeline import Pipeline
-
-    _, registry = _load()
-    pipe = Pipeline.load(args.run_dir, registry)
-    try:
-        from cellnet_lattice.viz import render
-    except ImportError:
-        raise ConfigError("viz needs the cellnet-lattice plugin") from None
-    if not hasattr(pipe.core, "trace"):
-        raise ConfigError(f"viz: the run's core '{pipe.config.core.name}' is not a lattice (nothing to draw)")
-    out = Path(args.out or Path(args.run_dir) / "viz")
-    files = render(pipe, args.text, out)
-    for f in files:
-        print(f)
-    return 0
-
-
 def cmd_bench(args) -> int:
     """``cellnet bench``: run every ``bench_*.py`` script under ``--root``."""
     import subprocess
@@ -498,19 +467,46 @@ _SET_HELP = "override a config field, e.g. --set training.epochs=5 (the value is
 _DEVICE_HELP = "run on this device instead of the run's own: cpu, cuda, cuda:N, mps or auto"
 
 
-def _sub(sub, name: str, help: str, examples: str, description: str | None = None):
-    return sub.add_parser(name, help=help, description=description or help[:1].upper() + help[1:] + ".",
-                          epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+#: Commands and options that plugins provide, by the distribution that brings them: only for the
+#: one-line hint when one is used without its plugin (the core imports none of them).
+PLUGIN_COMMANDS: dict[str, str] = {"viz": "cellnet-lattice", "serve": "cellnet-serve"}
+PLUGIN_OPTIONS: dict[tuple[str, str], str] = {("train", "--nproc"): "cellnet-training"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``cellnet`` argument parser: every subcommand with help for each option and examples."""
+class _CommandListFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the provider column of the command list (``plugins   core     list plugins…``)
+    aligned: the first word and its padding stay as written, the rest wraps beside them."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        word, gap, rest = text.partition(" ")
+        pad = len(rest) - len(rest.lstrip(" "))
+        if not gap or pad == 0:
+            return super()._split_lines(text, width)
+        prefix = word + " " * (pad + 1)
+        lines = super()._split_lines(rest.lstrip(" "), max(width - len(prefix), 20))
+        return [prefix + lines[0]] + [" " * len(prefix) + line for line in lines[1:]]
+
+
+def _sub(sub, name: str, help: str, examples: str, description: str | None = None, note: str = ""):
+    epilog = ("examples:\n" + examples if examples else "") + (f"\n\n{note}" if note else "")
+    return sub.add_parser(name, help=help,
+                          description=description or help[:1].upper() + help[1:] + ".",
+                          epilog=epilog or None, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser(pm: Any = None, *, warn: bool = True) -> argparse.ArgumentParser:
+    """The ``cellnet`` argument parser: every subcommand with help for each option and examples.
+
+    The core's commands, then those the plugins of ``pm`` (default: a fresh discovery) add
+    through ``cellnet_register_commands``; a plugin whose commands fail is recorded in
+    ``pm.report`` and, with ``warn``, named in a warning line on stderr.
+    """
     p = argparse.ArgumentParser(
         prog="cellnet", description=__doc__.splitlines()[0] if __doc__ else "",
         epilog="examples:\n  cellnet validate configs/default.yaml\n  cellnet train configs/default.yaml "
                "--run-dir runs/demo\n  cellnet ask runs/demo \"how are you?\"\n\n"
                "'cellnet COMMAND --help' explains each command and its options.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=_CommandListFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     p.add_argument("--version", action="version", version=_version(),
                    help="print cellnet's version and how many plugins are installed, then exit")
@@ -557,8 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
              "  cellnet train configs/default.yaml --run-dir runs/demo\n"
              "  cellnet train configs/default.yaml --run-dir runs/demo --overwrite\n"
              "  cellnet train --resume runs/demo --set training.epochs=20\n"
-             "  cellnet train --resume runs/demo --restart\n"
-             "  cellnet train configs/default.yaml --nproc 2",
+             "  cellnet train --resume runs/demo --restart",
              description="Train a run from a config. The run is written into a hidden sibling "
                          "(.NAME.partial) and moved to the run directory when complete; an interrupted "
                          "run stays there for --resume.")
@@ -573,8 +568,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--restart", action="store_true",
                    help="with --resume: train the run again from scratch with its config (when its training "
                         "state is gone or not wanted); the run stays in place until the new training is complete")
-    s.add_argument("--nproc", type=int, default=1, metavar="N", help="processes for data-parallel training "
-                                                                      "on this machine (default 1)")
     s.set_defaults(func=cmd_train)
 
     s = _sub(sub, "ask", "answer questions with a trained run",
@@ -636,25 +629,121 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the location and contents as JSON")
     s.set_defaults(func=cmd_cache)
 
-    s = _sub(sub, "viz", "PNG pictures of the lattice state for one text",
-             "  cellnet viz runs/demo \"how are you?\"\n  cellnet viz runs/demo \"hello\" --out pictures/")
-    s.add_argument("run_dir", metavar="RUN_DIR", help="a run directory whose core is a lattice")
-    s.add_argument("text", help="the question whose lattice state is drawn")
-    s.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/viz)")
-    s.set_defaults(func=cmd_viz)
-
     s = _sub(sub, "bench", "run the benchmark scripts (they write docs/RESULTS.md fragments)",
              "  cellnet bench --quick\n  cellnet bench --root bench")
     s.add_argument("--root", default="bench", metavar="DIR", help="folder of bench_*.py scripts (default bench)")
     s.add_argument("--quick", action="store_true", help="pass --quick to every script (smaller, faster runs)")
     s.set_defaults(func=cmd_bench)
+
+    _plugin_commands(sub, pm, warn=warn)
+    p.epilog += "\nBeside each command: the plugin that provides it ('core': cellnet-core itself)."
     return p
+
+
+def _plugin_commands(sub: Any, pm: Any, *, warn: bool) -> None:
+    """Add the commands and options of every plugin (``cellnet_register_commands``) to ``sub``."""
+    from cellnet_core.commands import CORE, CommandRegistry, collect_commands, report_failure
+
+    if pm is None:
+        from cellnet_core.plugins import create_plugin_manager
+
+        pm = create_plugin_manager()
+    cli = CommandRegistry()
+    cli.current_plugin = CORE
+    core = dict(sub.choices)
+    for name, sp in core.items():
+        cli.add_command(name, help=sp.description or "", configure=lambda _p: None, run=sp.get_default("func"))
+    warnings = collect_commands(pm, cli)
+    while True:  # configure on scratch parsers first: a plugin that fails there adds nothing at all
+        failure = _try_configure(cli, core)
+        if failure is None:
+            break
+        warnings.append(report_failure(pm, *failure))
+        cli.remove_plugin(failure[0])
+    infos = {i.name: i for i in pm.report.plugins}
+    parsers = dict(core)
+    for cmd in cli.commands():
+        if cmd.plugin == CORE:
+            continue
+        info = infos.get(cmd.plugin)
+        origin = f"{info.distribution} {info.version}".strip() if info is not None else ""
+        note = f"provided by plugin '{cmd.plugin}'" + (f" ({origin})" if origin else "")
+        parsers[cmd.name] = sp = _sub(sub, cmd.name, cmd.help, cmd.examples, cmd.description, note)
+        cmd.configure(sp)
+        sp.set_defaults(func=cmd.run)
+        if info is not None:
+            info.provides = sorted(set(info.provides) | {f"command:{cmd.name}"})
+    for opt in cli.options():
+        sp = parsers[opt.command]
+        before = set(sp._option_string_actions)
+        opt.configure(sp)
+        added = [o for o in sp._option_string_actions if o not in before and o.startswith("--")]
+        info = infos.get(opt.plugin)
+        if info is not None and added:
+            info.provides = sorted(set(info.provides) | {f"option:{opt.command} {' '.join(added)}"})
+        if opt.examples:
+            sp.epilog = (sp.epilog or "examples:") + "\n" + opt.examples.rstrip("\n")
+    for name in cli.names():
+        if any(o.run is not None for o in cli.options(name)):
+            parsers[name].set_defaults(func=cli.runner(name))
+    providers = {c.name: c.plugin for c in cli.commands()}
+    width = max(map(len, providers.values()))
+    for action in sub._choices_actions:  # the provider as a column of 'cellnet --help'
+        action.help = f"{providers.get(action.dest, CORE):<{width}}  {action.help}"
+    if warn:
+        for line in warnings:
+            print(f"warning: {line}", file=sys.stderr)
+
+
+def _try_configure(cli: Any, core: dict[str, argparse.ArgumentParser]) -> tuple[str, str] | None:
+    """Run every plugin's ``configure`` on scratch parsers; ``(plugin, error)`` of the first that
+    raises (a clashing option included), or None."""
+    from cellnet_core.commands import CORE
+
+    scratch: dict[str, argparse.ArgumentParser] = {
+        n: argparse.ArgumentParser(prog=f"cellnet {n}", add_help=False, parents=[sp]) for n, sp in core.items()}
+    steps = [(c.plugin, f"cellnet {c.name}", c.name, c.configure) for c in cli.commands() if c.plugin != CORE]
+    steps += [(o.plugin, f"options of 'cellnet {o.command}'", o.command, o.configure) for o in cli.options()]
+    for plugin, what, name, configure in steps:
+        parser = scratch.setdefault(name, argparse.ArgumentParser(prog=f"cellnet {name}"))
+        try:
+            configure(parser)
+        except Exception as exc:  # noqa: BLE001 - reported as the plugin's failure
+            return plugin, f"configuring {what} raised {type(exc).__name__}: {exc}"
+    return None
+
+
+def _missing_plugin(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+    """The one-line hint for a command or option whose plugin is not loaded, or None."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is None:
+        return None
+    if command not in sub.choices:
+        dist = PLUGIN_COMMANDS.get(command)
+        return None if dist is None else f"'cellnet {command}' {_needs(dist)}"
+    taken = set(sub.choices[command]._option_string_actions)
+    for (cmd, option), dist in PLUGIN_OPTIONS.items():
+        if cmd == command and option not in taken and any(a == option or a.startswith(option + "=") for a in argv):
+            return f"{command} {option} {_needs(dist)}"
+    return None
+
+
+def _needs(dist: str) -> str:
+    return (f"needs the {dist} plugin, which is not installed or did not load (see 'cellnet plugins'): "
+            f"pip install {dist} (from a source checkout: pip install -e plugins/{dist})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``cellnet`` command line on ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    missing = _missing_plugin(parser, argv)
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
+    args.argv = argv  # for commands that start other processes with the same arguments
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, AfterValidator, create_model
 
-from cellnet_core.errors import ConfigError, UnknownComponentError
-
-if TYPE_CHECKING:
-    from cellnet_core.registry import Registry
+from cellnet_core.errors import ConfigError
+from cellnet_core.registry import Registry, _unknown_message
+from cellnet_core.registry import format_validation_error as _format_validation_error
 
 #: Sections of a run config and the component kind each one selects.
 SECTIONS: dict[str, str] = {
@@ -74,8 +73,6 @@ def registered_name(kind: str, *, extra: tuple[str, ...] = ()) -> Any:
         if registry is None or value in extra:
             return value
         if value not in registry.names(kind):
-            from cellnet_core.registry import _unknown_message
-
             raise ValueError(_unknown_message(kind, value, list(extra) + registry.names(kind), None)
                              .split(": ", 1)[1])
         return value
@@ -112,8 +109,6 @@ def validate_registered(kind: str, value: Any, context: dict | None = None, *,
         raise fail(loc + ("name",), f"required field missing (available {kind}s: {', '.join(available)})", value)
     name = str(value["name"])
     if name not in available:
-        from cellnet_core.registry import _unknown_message
-
         raise fail(loc + ("name",), _unknown_message(kind, name, available, None).split(": ", 1)[1], value)
     cls = registry.get(kind, name).config_cls if registry is not None else builtin[name]  # type: ignore[index]
     try:
@@ -151,58 +146,17 @@ class EvalConfig(BaseModel):
                                  description="baselines computed beside the run, by name")
 
 
-def _format_loc(loc: tuple[Any, ...], model_sections: set[str]) -> str:
-    parts: list[str] = []
-    for i, item in enumerate(loc):
-        # pydantic puts the discriminator tag (e.g. 'minilm') into the path of union members
-        if i == 1 and parts and parts[0] in model_sections and isinstance(item, str):
-            continue
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts).replace(".[", "[") or "(top level)"
-
-
 def format_validation_error(err: ValidationError, source: str, prefix: str = "") -> str:
-    """Render every pydantic error as ``source: dotted.path: message`` on its own line."""
-    lines = []
-    for e in err.errors():
-        path = _format_loc(tuple(e["loc"]), set(SECTIONS))
-        if prefix:
-            path = prefix if path == "(top level)" else f"{prefix}.{path}"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif e["type"] == "missing":
-            msg = "required field missing"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        if e["type"] not in ("extra_forbidden", "missing") and "input" in e and not isinstance(e["input"], (dict, list)):
-            msg += f" (got {e['input']!r})"
-        lines.append(f"{source}: {path}: {msg}")
-    return "\n".join(lines)
+    """Render every pydantic error of a run config as ``source: dotted.path: message`` on its own line
+    (a section's discriminator tag, e.g. ``encoder.minilm.max_length``, left out of the path)."""
+    return _format_validation_error(err, source, prefix, sections=set(SECTIONS))
 
 
-def validate_component(registry: "Registry", kind: str, data: Any, *, where: str, source: str = "config",
+def validate_component(registry: Registry, kind: str, data: Any, *, where: str, source: str = "config",
                        context: dict | None = None) -> ComponentConfig:
-    """Validate one component section (``{"name": ..., ...}`` or a bare name)."""
-    if isinstance(data, str):
-        data = {"name": data}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: {where}: expected a mapping with a 'name' field, got {type(data).__name__}")
-    if "name" not in data:
-        raise ConfigError(f"{source}: {where}.name: required field missing (available: "
-                          f"{', '.join(registry.names(kind))})")
-    try:
-        entry = registry.get(kind, str(data["name"]), where=where)
-    except UnknownComponentError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    ctx = {"registry": registry, **(context or {})}
-    try:
-        return entry.config_cls.model_validate(data, context=ctx)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source, prefix=where)) from None
+    """Validate one component section (``{"name": ..., ...}`` or a bare name): what
+    :meth:`Registry.config_for <cellnet_core.registry.Registry.config_for>` does."""
+    return registry.config_for(kind, data, where=where, source=source, context=context)
 
 
 def run_config_model(registry: "Registry") -> type[BaseModel]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:  # type-only imports keep this module cheap to import
+    from cellnet_core.commands import CommandRegistry
     from cellnet_core.registry import Registry
 
 PROJECT = "cellnet"
@@ -36,6 +37,29 @@ def cellnet_register_components(registry: "Registry") -> None:
     strings so that listing and validating import no model code.
 
     Added in 0.1.
+    """
+
+
+@hookspec
+def cellnet_register_commands(cli: "CommandRegistry") -> None:
+    """Add subcommands to ``cellnet``, or options to an existing one. Return nothing.
+
+    ``cli.add_command(name, *, help, configure, run, examples="", description=None)`` adds
+    ``cellnet NAME``: ``configure(parser)`` adds its arguments to the subparser, ``run(args)``
+    returns the exit code, and a :class:`~cellnet_core.errors.CellnetError` raised from ``run``
+    becomes one ``error: …`` line and exit code 2. ``cli.add_options(command, configure, run=None)``
+    adds options to an existing subcommand; its ``run(args)``, when given, is called before the
+    command's own run and returns an exit code to take the run over, or ``None`` to let the command
+    proceed (the training plugin's ``train --nproc N`` launches N workers this way). ``args.argv``
+    holds the command line's arguments (without the program name).
+
+    Called once per plugin, one plugin at a time, when the command line is built: a plugin whose
+    hook raises, or that adds a command name already taken (by the core or another plugin), loses
+    its commands and is reported as failed; every other command keeps working. ``cellnet --help``
+    names the plugin beside each command. Import heavy modules inside ``run``, not here, so that
+    ``cellnet --help`` stays fast. See :mod:`cellnet_core.commands`.
+
+    Added in 0.2.
     """
 
 

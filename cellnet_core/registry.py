@@ -2,6 +2,8 @@
 
 Factories may be given as ``"package.module:attr"`` strings; they are imported only when the
 component is built, so ``cellnet components`` and ``cellnet validate`` import no model code.
+:meth:`Registry.config_for` validates a component's section against its registered config class;
+:mod:`cellnet_core.config` builds the run config on top of this module (this one imports no config).
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import difflib
 import importlib
 import importlib.util
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
-from cellnet_core.errors import DuplicateComponentError, MissingDependencyError, UnknownComponentError
+from pydantic import ValidationError
+
+from cellnet_core.errors import ConfigError, DuplicateComponentError, MissingDependencyError, UnknownComponentError
 
 #: ``cell`` (a lattice's update rule) and ``loss`` (a training objective) are the smaller parts that
 #: other components select by name in their own config (``core.cell``, ``training.loss``).
@@ -68,6 +72,43 @@ def _unknown_message(kind: str, name: str, available: list[str], where: str | No
     if close:
         msg += f"; did you mean '{close[0]}'?"
     return msg
+
+
+def _format_loc(loc: tuple[Any, ...], sections: Collection[str]) -> str:
+    parts: list[str] = []
+    for i, item in enumerate(loc):
+        # pydantic puts the discriminator tag (e.g. 'minilm') into the path of union members
+        if i == 1 and parts and parts[0] in sections and isinstance(item, str):
+            continue
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts).replace(".[", "[") or "(top level)"
+
+
+def format_validation_error(err: ValidationError, source: str, prefix: str = "",
+                            sections: Collection[str] = ()) -> str:
+    """Render every pydantic error as ``source: dotted.path: message`` on its own line.
+
+    ``prefix`` goes in front of every path (the section being validated); in ``sections`` (fields
+    that hold a discriminated union of named parts) the union's tag is left out of the path."""
+    lines = []
+    for e in err.errors():
+        path = _format_loc(tuple(e["loc"]), sections)
+        if prefix:
+            path = prefix if path == "(top level)" else f"{prefix}.{path}"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "missing":
+            msg = "required field missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if e["type"] not in ("extra_forbidden", "missing") and "input" in e and not isinstance(e["input"], (dict, list)):
+            msg += f" (got {e['input']!r})"
+        lines.append(f"{source}: {path}: {msg}")
+    return "\n".join(lines)
 
 
 @dataclass
@@ -147,11 +188,30 @@ class Registry:
             )
         return rows
 
-    def config_for(self, kind: str, data: dict[str, Any] | str, where: str | None = None, context: dict | None = None):
-        """Validate ``data`` (a mapping with ``name``, or just a name) into that component's config."""
-        from cellnet_core.config import validate_component
+    def config_for(self, kind: str, data: dict[str, Any] | str, where: str | None = None, context: dict | None = None,
+                   *, source: str = "config") -> Any:
+        """Validate ``data`` (a mapping with ``name``, or just a name) into that component's config.
 
-        return validate_component(self, kind, data, where=where or kind, context=context)
+        Errors raise :class:`ConfigError` with lines ``source: where.field: message``; an unknown
+        name lists the available ones. The config class sees this registry in its validation
+        context (``context["registry"]``), plus ``context``.
+        """
+        where = where or kind
+        if isinstance(data, str):
+            data = {"name": data}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: {where}: expected a mapping with a 'name' field, got {type(data).__name__}")
+        if "name" not in data:
+            raise ConfigError(f"{source}: {where}.name: required field missing (available: "
+                              f"{', '.join(self.names(kind))})")
+        try:
+            entry = self.get(kind, str(data["name"]), where=where)
+        except UnknownComponentError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        try:
+            return entry.config_cls.model_validate(data, context={"registry": self, **(context or {})})
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, source, prefix=where)) from None
 
     def build(self, kind: str, config: Any, ctx: Any = None) -> Any:
         """Build a component from a validated config (or a mapping/name, validated first)."""

@@ -1,4 +1,4 @@
-"""Registers the lattice plugin's parts (no model code is imported here)."""
+"""Registers the lattice plugin's parts and its ``viz`` command (no model code is imported here)."""
 
 from __future__ import annotations
 
@@ -44,3 +44,11 @@ def cellnet_register_components(registry) -> None:
                  f"{_PKG}.context:build_context_planes",
                  summary="conversation context: the last k turns on k z-planes (an adapter each), the next "
                          "turn read from the latest turn's plane (starts at the identity of the last turn)")
+
+
+@hookimpl
+def cellnet_register_commands(cli) -> None:
+    """Add ``cellnet viz`` (pictures of a lattice run's state)."""
+    from cellnet_lattice.commands import EXAMPLES, HELP, configure_viz, run_viz
+
+    cli.add_command("viz", help=HELP, configure=configure_viz, run=run_viz, examples=EXAMPLES)

@@ -1,4 +1,5 @@
-"""Registers the training strategies, the losses and the equal-size ``mlp`` evaluation baseline."""
+"""Registers the training strategies, the losses, the equal-size ``mlp`` evaluation baseline and
+``cellnet train --nproc``."""
 
 from __future__ import annotations
 
@@ -42,3 +43,11 @@ def cellnet_eval_baselines():
     from cellnet_training.baselines import MLPBaseline
 
     return [MLPBaseline()]
+
+
+@hookimpl
+def cellnet_register_commands(cli) -> None:
+    """Add ``--nproc N`` to ``cellnet train``: data-parallel training in N processes."""
+    from cellnet_training.commands import EXAMPLES, configure_train, run_train
+
+    cli.add_options("train", configure_train, run=run_train, examples=EXAMPLES)
