@@ -367,6 +367,8 @@ def data_kind(path: str | Path) -> str:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{path}: no such file")
+    if p.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a pairs or selection file")
     if p.suffix.lower() in (".jsonl", ".json"):
         with open(p, encoding="utf-8", errors="replace") as fh:
             for line in fh:

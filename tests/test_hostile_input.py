@@ -133,3 +133,77 @@ def test_deeply_nested_yaml(tmp_path, capsys):
     cfg.write_text("seed: " + "[" * 100_000 + "]" * 100_000 + "\n")
     rc = main(["validate", str(cfg)])
     one_line(capsys, rc, "deep.yaml", "nested too deeply")
+
+
+# -- data files --------------------------------------------------------------------------------------
+def _pairs_config(tmp_path: Path, data: str) -> Path:
+    cfg = tmp_path / "pairs.yaml"
+    cfg.write_text(GREETINGS_CONFIG.replace("data: {name: greetings}", data))
+    return cfg
+
+
+def test_data_path_is_a_directory(tmp_path, run, capsys):
+    folder = tmp_path / "my_pairs"
+    folder.mkdir()
+    rc = main(["eval", str(run), "--data", str(folder)])
+    one_line(capsys, rc, "my_pairs: is a directory")
+    (tmp_path / "d.jsonl").mkdir()  # a folder named like a data file
+    rc = main(["eval", str(run), "--data", str(tmp_path / "d.jsonl")])
+    one_line(capsys, rc, "d.jsonl: is a directory")
+    cfg = _pairs_config(tmp_path, f"data: {{name: pairs, path: '{folder}'}}")
+    rc = main(["validate", str(cfg)])
+    one_line(capsys, rc, "my_pairs: is a directory, expected a file")
+
+
+def _deep_json(path: Path) -> Path:
+    depth = 100_000
+    path.write_text('{"question": ' + "[" * depth + "]" * depth + ', "answer": "hello"}\n')
+    return path
+
+
+def test_deeply_nested_json(tmp_path, run, capsys):
+    deep = _deep_json(tmp_path / "deep.jsonl")
+    rc = main(["validate", str(_pairs_config(tmp_path, f"data: {{name: pairs, path: '{deep}'}}"))])
+    one_line(capsys, rc, "deep.jsonl: line 1: invalid JSON: nested too deeply")
+    rc = main(["eval", str(run), "--data", str(deep)])
+    one_line(capsys, rc, "deep.jsonl: line 1: not valid JSON")
+
+
+def test_nan_in_a_text_field(tmp_path, capsys):
+    data = tmp_path / "nan.jsonl"
+    data.write_text('{"question": "hi", "answer": "hello"}\n{"question": NaN, "answer": "hello"}\n')
+    rc = main(["validate", str(_pairs_config(tmp_path, f"data: {{name: pairs, path: '{data}'}}"))])
+    one_line(capsys, rc, "nan.jsonl: line 2: NaN is not a JSON value")
+    data.write_text('{"question": "hi", "answer": Infinity}\n')
+    rc = main(["validate", str(_pairs_config(tmp_path, f"data: {{name: pairs, path: '{data}'}}"))])
+    one_line(capsys, rc, "line 1: Infinity is not a JSON value")
+
+
+def test_nan_text_from_python_records(tmp_path):
+    from cellnet_core.errors import DataError
+    from cellnet_datasets.readers import get_text
+
+    with pytest.raises(DataError, match=r"x.csv: line 3: field 'question' is nan, not a text"):
+        get_text({"question": float("nan")}, "question", "x.csv", 3)
+
+
+def _selection(path: Path, rows: list[tuple[str, list[int]]]) -> Path:
+    path.write_text("".join(json.dumps({"question": q, "candidates": [f"{q} answer {i}" for i in range(len(labels))],
+                                        "labels": labels}) + "\n" for q, labels in rows))
+    return path
+
+
+def test_selection_file_without_positives(tmp_path, run, capsys):
+    none = _selection(tmp_path / "none.jsonl", [("hi", [0, 0]), ("yo", [0, 0, 0])])
+    rc = main(["eval", str(run), "--data", str(none)])
+    one_line(capsys, rc, "none.jsonl: no usable items: 2 item(s) without a candidate labelled 1 (line(s) 1, 2)")
+
+
+def test_selection_items_without_positives_are_dropped_with_a_count(tmp_path, run, capsys, caplog):
+    some = _selection(tmp_path / "some.jsonl", [("hi", [0, 1]), ("yo", [0, 0]), ("hey", [1, 0]), ("so", [0])])
+    assert main(["eval", str(run), "--data", str(some), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["questions"] == 2
+    warned = [r for r in caplog.records if r.name == "cellnet.datasets" and r.levelname == "WARNING"]
+    assert len(warned) == 1
+    assert ("some.jsonl: dropped 2 item(s) without a candidate labelled 1 (line(s) 2, 4): nothing to rank first; "
+            "2 item(s) kept") in warned[0].getMessage()

@@ -7,6 +7,7 @@ import codecs
 import csv
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +27,24 @@ def detect_format(path: str | Path, fmt: str = "auto") -> str:
     return _EXTENSIONS.get(Path(path).suffix.lower(), "txt")
 
 
+def require_file(path: str | Path) -> Path:
+    """``path`` as a :class:`Path` when it names an existing file; otherwise a :class:`DataError`
+    that says what is there instead (nothing, a directory)."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{path}: no such file")
+    if p.is_dir():
+        raise DataError(f"{path}: is a directory, expected a file (e.g. {p / 'pairs.jsonl'})")
+    return p
+
+
 def read_text(path: str | Path, encoding: str = "utf-8") -> str:
     """The whole file as text; missing, empty or wrongly encoded files raise :class:`DataError`."""
-    p = Path(path)
     try:
         codecs.lookup(encoding)
     except LookupError:
         raise ConfigError(f"data.encoding: unknown encoding '{encoding}'") from None
-    if not p.exists():
-        raise DataError(f"{path}: no such file")
-    if p.is_dir():
-        raise DataError(f"{path}: is a directory, expected a file")
+    p = require_file(path)
     try:
         raw = p.read_bytes()
     except OSError as exc:
@@ -61,9 +69,13 @@ def read_jsonl(path: str | Path, encoding: str = "utf-8") -> list[Record]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, parse_constant=_no_constant)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: line {n}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+        except _NotJson as exc:
+            raise DataError(f"{path}: line {n}: {exc}") from None
+        except RecursionError:
+            raise DataError(f"{path}: line {n}: invalid JSON: nested too deeply to read") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}: line {n}: expected a JSON object, got {_json_type(obj)}")
         out.append((n, obj))
@@ -125,6 +137,16 @@ def read_records(path: str | Path, fmt: str, required: tuple[str, ...], encoding
     return read_lines(path, encoding)
 
 
+class _NotJson(ValueError):
+    """A JSON extension Python's reader accepts and cellnet refuses (``NaN``, ``Infinity``)."""
+
+
+def _no_constant(name: str) -> Any:
+    # json.loads reads NaN/Infinity as floats; strict JSON has no such values, and as a text field
+    # "nan" would be trained on as a sentence
+    raise _NotJson(f"{name} is not a JSON value (a missing value? leave the row out; text? quote it: \"{name}\")")
+
+
 def _json_type(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
             int: "a number", float: "a number"}.get(type(value), type(value).__name__)
@@ -139,6 +161,8 @@ def get_text(record: dict[str, Any], field: str, path: str | Path, line: int, *,
     value = record[field]
     if isinstance(value, str):
         return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataError(f"{path}: line {line}: field '{field}' is {value}, not a text")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     raise DataError(f"{path}: line {line}: field '{field}' must be a string, got {_json_type(value)}")

@@ -7,13 +7,14 @@ are relative to the working directory.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, TypeVar
 
 from cellnet_core.errors import DataError
 from cellnet_core.interfaces import Pair, SelectionItem
 
 from cellnet_datasets.config import FileConfig, PairsConfig, SelectionConfig, TextsConfig
-from cellnet_datasets.readers import detect_format, get_list, get_text, read_jsonl, read_records
+from cellnet_datasets.readers import detect_format, get_list, get_text, read_jsonl, read_records, require_file
 from cellnet_datasets.splits import (
     SPLITS,
     SelectionDataset,
@@ -27,6 +28,7 @@ from cellnet_datasets.splits import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("cellnet.datasets")
 
 
 def _split_files(cfg: FileConfig, load: Callable[[str], list[T]], group_of: Callable[[T], str]) -> dict[str, list[T]]:
@@ -57,6 +59,7 @@ def _info(cfg: FileConfig, parts: dict[str, list[Any]]) -> dict[str, Any]:
 
 def read_pairs_file(path: str, cfg: PairsConfig) -> list[Pair]:
     """Question/answer pairs of one JSONL, CSV or TSV file (fields from the config)."""
+    require_file(path)
     fmt = detect_format(path, cfg.format)
     if fmt == "txt":
         raise DataError(f"{path}: pairs need a .jsonl, .csv or .tsv file (or set the dataset's 'format')")
@@ -84,6 +87,7 @@ def build_pairs(cfg: PairsConfig, ctx: Any = None) -> SplitDataset:
 
 def read_texts_file(path: str, cfg: TextsConfig) -> list[str]:
     """The unique non-empty texts of one .txt (one per line) or JSONL file."""
+    require_file(path)
     fmt = detect_format(path, cfg.format)
     field = "text" if fmt == "txt" else cfg.text_field
     texts = unique_texts(clean_text(get_text(rec, field, path, line))
@@ -118,9 +122,12 @@ def _label(value: Any, path: str, line: int, index: int) -> int:
 
 
 def read_selection_file(path: str, cfg: SelectionConfig) -> list[SelectionItem]:
-    """Answer-selection items (question, candidates, 0/1 labels) of one JSONL file."""
+    """Answer-selection items (question, candidates, 0/1 labels) of one JSONL file. Items with no
+    candidate labelled 1 are dropped (nothing to rank first, no MAP), with a warning that counts
+    them; a file left with no item is a :class:`DataError`."""
     items: list[SelectionItem] = []
     seen: set[tuple] = set()
+    no_positive: list[int] = []  # line numbers
     for line, rec in read_jsonl(path, cfg.encoding):
         q = clean_text(get_text(rec, cfg.question_field, path, line))
         cands = get_list(rec, cfg.candidates_field, path, line)
@@ -139,8 +146,17 @@ def read_selection_file(path: str, cfg: SelectionConfig) -> list[SelectionItem]:
         key = (q, tuple(kept_c), tuple(kept_l))
         if not q or not kept_c or key in seen:
             continue
+        if 1 not in kept_l:
+            no_positive.append(line)
+            continue
         seen.add(key)
         items.append(SelectionItem(q, kept_c, kept_l))
+    if no_positive:
+        lines = ", ".join(map(str, no_positive[:5])) + (", …" if len(no_positive) > 5 else "")
+        note = f"{len(no_positive)} item(s) without a candidate labelled 1 (line(s) {lines})"
+        if not items:
+            raise DataError(f"{path}: no usable items: {note}; label each question's correct candidate(s) 1")
+        log.warning("%s: dropped %s: nothing to rank first; %d item(s) kept", path, note, len(items))
     if not items:
         raise DataError(f"{path}: no usable items (every line has an empty question or no candidates)")
     return items
