@@ -25,7 +25,7 @@ def _browser_or_skip():
     return chrome, driver
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def served(tiny_pipe):
     """The tiny run served by uvicorn on a free loopback port (penalty 1: a repeat always changes)."""
     import uvicorn
@@ -48,7 +48,7 @@ def served(tiny_pipe):
     thread.join(10)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser():
     chrome, driver_path = _browser_or_skip()
     from selenium import webdriver

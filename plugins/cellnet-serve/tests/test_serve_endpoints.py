@@ -198,3 +198,44 @@ def test_no_penalty_keeps_the_answer(make_client):
     ask = {"question": "good morning", "session_id": "conv"}
     answers = [c.post("/v1/answer", json=ask).json()["answers"][0]["answer"] for _ in range(2)]
     assert answers[0] == answers[1]
+
+
+def test_a_context_run_gets_the_conversation_turns(tmp_path, monkeypatch):
+    """A run whose reshaper takes 3 turns (context-planes) answers a question in a conversation as
+    Pipeline.answer does with the conversation's turns as context."""
+    pytest.importorskip("cellnet_lattice")
+    import torch
+    from fastapi.testclient import TestClient
+
+    from cellnet_core import api
+    from cellnet_core.pipeline import Pipeline
+    from cellnet_serve import ServeSettings, Service, create_app
+
+    monkeypatch.setenv("CELLNET_CACHE_DIR", str(tmp_path / "cache"))
+    plugins = api.load_plugins()
+    config = api.load_config({
+        "data": {"name": "greetings"}, "encoder": {"name": "hashing", "dim": 48},
+        "reshaper": {"name": "context-planes", "shape": [4, 4, 3], "channels": 3, "slots": 3, "adapter": "exact"},
+        "core": {"name": "lattice", "cell": {"name": "mlp", "hidden": 16}, "steps": 2},
+        "decoder": {"name": "nearest"}, "training": {"name": "retrieval"}}, plugins=plugins)
+    pipe = Pipeline.build(config, plugins.registry)
+    texts = [p.answer for p in plugins.registry.build("dataset", config.data, None).pairs("train")]
+    pipe.decoder.fit(texts, pipe.encode(texts))
+    g = torch.Generator().manual_seed(0)  # an untrained lattice returns the last turn: make earlier ones count
+    with torch.no_grad():
+        for p in pipe.core.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    from cellnet_core.conversations import ConversationSettings
+
+    service = Service(lambda: pipe, ServeSettings(conversations=ConversationSettings(penalty=0)), name="context")
+    with TestClient(create_app(service)) as c:
+        assert service.wait_ready(30) and c.get("/readyz").json()["takes_context"] is True
+        first = c.post("/v1/answer", json={"question": "hello", "session_id": "t"}).json()["answers"][0]
+        second = c.post("/v1/answer", json={"question": "good night", "session_id": "t", "k": 3}).json()["answers"][0]
+        think = c.post("/v1/think", json={"texts": ["good night"]})
+        assert think.status_code == 200 and think.json()["dim"] == 48
+    with_turns = pipe.answer(["good night"], k=3, context=[["hello", first["answer"]]])[0]
+    alone = pipe.answer(["good night"], k=3)[0]
+    assert second["score"] == pytest.approx(with_turns.score, abs=1e-5)
+    assert [x["text"] for x in second["candidates"]] == [x["text"] for x in with_turns.candidates]
+    assert with_turns.score != pytest.approx(alone.score, abs=1e-4)  # the turns change the answer's score

@@ -213,7 +213,11 @@ class Service:
         emb_jobs = [j for j in jobs if j.params.get("input") != "texts"]
         out: dict[int, list[list[float]]] = {}
         if text_jobs:
-            res = pipe.think(pipe.encode([t for j in text_jobs for t in j.items])).float().cpu().tolist()
+            texts = [t for j in text_jobs for t in j.items]
+            # a context run takes [k·D]: each text as the latest turn, no earlier ones (zeros in front)
+            x = pipe.context_input(texts, [[] for _ in texts]) if getattr(pipe.reshaper, "context_slots", None) \
+                else pipe.encode(texts)
+            res = pipe.think(x).float().cpu().tolist()
             for j, r in zip(text_jobs, self._split(res, text_jobs)):
                 out[id(j)] = r
         if emb_jobs:
