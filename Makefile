@@ -11,12 +11,13 @@ PLUGINS    := $(sort $(wildcard plugins/cellnet-*))
 EXAMPLES   := examples/cellnet-example-plugin
 STAMP      := $(VENV)/.setup-stamp
 PYTEST     := $(BIN)/python -m pytest
+DIST       ?= dist
 PIP        := $(BIN)/pip install --progress-bar on
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow test-all bench results clean
+.PHONY: setup demo test test-slow test-all bench results wheels clean
 
 setup: $(STAMP)
 
@@ -65,6 +66,15 @@ bench: $(STAMP)
 
 results: $(STAMP)
 	$(BIN)/python bench/assemble_results.py
+
+## Wheels of cellnet-core, every plugin and the example plugin into $(DIST) (what a user pip-installs;
+## tests/test_wheels.py installs only these into a fresh virtual environment). Each is built in an
+## isolated build environment, as a release would be.
+wheels: | $(STAMP)
+	@mkdir -p $(DIST)
+	rm -f $(DIST)/*.whl
+	$(BIN)/pip wheel --no-deps --progress-bar off -q -w $(DIST) . $(PLUGINS) $(EXAMPLES)
+	@ls $(DIST)/*.whl
 
 clean:
 	rm -rf runs .pytest_cache
