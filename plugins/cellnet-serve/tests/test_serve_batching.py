@@ -118,3 +118,18 @@ def test_slow_answer_times_out_with_504(make_recorded):
     finally:
         rec.hold.set()
     assert _post(client, {"question": "hello"})[0] == 200  # the service goes on
+
+
+def test_a_failing_part_is_500_with_one_line_and_the_service_goes_on(make_recorded):
+    client, rec = make_recorded()
+    inner = rec.inner
+
+    def broken(jobs):
+        if any(j.items == ["boom"] for j in jobs):
+            raise RuntimeError("lattice exploded\nsecond line")
+        return inner(jobs)
+
+    rec.inner = broken
+    status, body, _ = _post(client, {"question": "boom"})
+    assert status == 500 and body["detail"] == "internal error: RuntimeError: lattice exploded"
+    assert _post(client, {"question": "hello"})[0] == 200

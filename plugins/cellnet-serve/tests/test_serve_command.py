@@ -48,6 +48,19 @@ def test_bad_options_exit_2_in_one_line(tiny_run, argv, message):
     assert r.stderr.strip() == r.stderr.strip().splitlines()[0] and r.stderr.startswith(message), r.stderr
 
 
+def test_a_port_in_use_exits_2_in_one_line(tiny_run):
+    from cellnet_serve.command import bind
+
+    taken = bind("127.0.0.1", 0)
+    port = taken.getsockname()[1]
+    try:
+        r = subprocess.run(_serve_cmd(str(tiny_run), "--port", str(port)), capture_output=True, text=True,
+                           env=_env(tiny_run), timeout=120)
+    finally:
+        taken.close()
+    assert r.returncode == 2 and r.stderr.strip() == f"error: serve: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
 def test_missing_run_exits_2(tmp_path):
     r = subprocess.run(_serve_cmd(str(tmp_path / "nope")), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == f"error: {tmp_path / 'nope'}: no such run directory"

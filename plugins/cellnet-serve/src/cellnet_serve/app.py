@@ -8,13 +8,15 @@ drains what is still queued.
 Status codes: 200; 401 missing or wrong API key; 413 a body, a list or a text over the limits;
 422 a body that is not valid JSON or not the schema (one readable ``detail`` line, the field
 errors under ``errors``); 503 the run is still loading or the queue is full (``Retry-After``);
-504 the answer took longer than the request timeout.
+504 the answer took longer than the request timeout; 500 a part of the run failed (logged with its
+traceback; the answer says which exception).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 from importlib import resources
 from typing import Any, Union
@@ -31,6 +33,8 @@ from cellnet_core.errors import CellnetError
 from cellnet_serve.batcher import Job, MicroBatcher, QueueFull, Stopping
 from cellnet_serve.metrics import Metrics
 from cellnet_serve.service import Service
+
+log = logging.getLogger("cellnet.serve")
 
 #: paths served without the API key: the chat page, its files and the API documentation (no data,
 #: no model access; everything they do goes through the keyed endpoints)
@@ -329,6 +333,10 @@ def create_app(service: Service) -> FastAPI:
             raise HTTPProblem(504, f"no answer within {settings.timeout:g} s") from None
         except CellnetError as exc:
             raise HTTPProblem(422, str(exc).strip().splitlines()[0]) from None
+        except Exception as exc:  # noqa: BLE001 - a bug in a part: logged with its traceback, one line here
+            log.exception("%s failed", kind)
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise HTTPProblem(500, f"internal error: {type(exc).__name__}: {first}".rstrip(": ")) from None
         finally:
             metrics.queue_depth.set(batcher.depth)
 
