@@ -125,6 +125,8 @@ def test_api_key_checked_on_every_request(make_client):
     assert c.get("/metrics", headers={"X-API-Key": "s3cret"}).status_code == 200
     assert 'route="/v1/answer",status="401"' in c.get("/metrics", headers={"X-API-Key": "s3cret"}).text
     assert c.get("/").status_code == 200  # the page itself holds no data; it asks for the key
+    spec = c.get("/openapi.json").json()  # the API page offers to send the key
+    assert spec["security"] == [{"bearer": []}] and spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
 
 
 def test_non_loopback_needs_a_key():

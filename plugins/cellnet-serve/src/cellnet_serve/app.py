@@ -424,6 +424,20 @@ def create_app(service: Service) -> FastAPI:
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="cellnet serve — API", **swagger)
 
+    if settings.api_key:  # the API page's "Authorize" button then sends the key with "Try it out"
+        plain_openapi = app.openapi
+
+        def keyed_openapi() -> dict[str, Any]:
+            if app.openapi_schema is None:
+                schema = plain_openapi()
+                schema.setdefault("components", {})["securitySchemes"] = {
+                    "bearer": {"type": "http", "scheme": "bearer", "description": "the server's API key"}}
+                schema["security"] = [{"bearer": []}]
+                app.openapi_schema = schema
+            return app.openapi_schema
+
+        app.openapi = keyed_openapi  # type: ignore[method-assign]
+
     routes = {r.path for r in app.routes if getattr(r, "path", None)}
     app.add_middleware(Gate, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes, metrics=metrics,
                        routes=routes)
