@@ -469,7 +469,8 @@ _DEVICE_HELP = "run on this device instead of the run's own: cpu, cuda, cuda:N, 
 
 #: Commands and options that plugins provide, by the distribution that brings them: only for the
 #: one-line hint when one is used without its plugin (the core imports none of them).
-PLUGIN_COMMANDS: dict[str, str] = {"viz": "cellnet-lattice", "serve": "cellnet-serve"}
+PLUGIN_COMMANDS: dict[str, str] = {"viz": "cellnet-lattice", "serve": "cellnet-serve", "sweep": "cellnet-sweep",
+                                   "compare": "cellnet-sweep", "card": "cellnet-sweep"}
 PLUGIN_OPTIONS: dict[tuple[str, str], str] = {("train", "--nproc"): "cellnet-training"}
 
 

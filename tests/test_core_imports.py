@@ -19,7 +19,7 @@ CORE = Path(cellnet_core.__file__).resolve().parent
 
 #: The plugin packages of this project; the installed ``cellnet.plugins`` entry points add the rest.
 PLUGIN_PACKAGES = {"cellnet_lattice", "cellnet_training", "cellnet_kernels", "cellnet_teachers", "cellnet_phrasebank",
-                   "cellnet_generative", "cellnet_datasets", "cellnet_serve", "cellnet_example"}
+                   "cellnet_generative", "cellnet_datasets", "cellnet_serve", "cellnet_sweep", "cellnet_example"}
 
 
 def plugin_packages() -> set[str]:
