@@ -211,11 +211,67 @@ def cmd_train(args) -> int:
 
 
 def _questions(args) -> list[str]:
+    """The questions of a non-interactive ``ask``: the TEXT arguments, else stdin's lines, stripped.
+    Empty ones are skipped, saying so (none left: an error); text that is not valid UTF-8 is an
+    error naming the question or line and the byte."""
+    from cellnet_core.errors import DataError
+
     if args.texts:
-        return list(args.texts)
-    if sys.stdin is None:
+        given, what = [(f"question {i}", t) for i, t in enumerate(args.texts, 1)], "question"
+    elif sys.stdin is None:
         return []
-    return [line.strip() for line in sys.stdin if line.strip()]
+    else:
+        given, what = [(f"stdin line {n}", t) for n, t in enumerate(_stdin_lines(), 1)], "stdin line"
+    out, empty = [], []
+    for where, text in given:
+        bad = not_utf8(text)
+        if bad:
+            raise DataError(f"ask: {where} is not valid UTF-8 ({bad}); give questions as UTF-8 text")
+        if text.strip():
+            out.append(text.strip())
+        else:
+            empty.append(where.rsplit(" ", 1)[1])
+    if empty:
+        note = f"{len(empty)} empty {what}(s) ({what} {', '.join(empty[:5])}{', …' if len(empty) > 5 else ''})"
+        if not out:
+            raise DataError(f"ask: nothing to answer: {note}")
+        print(f"ask: skipped {note}", file=sys.stderr)
+    return out
+
+
+def _stdin_lines() -> list[str]:
+    """stdin's lines decoded as UTF-8 here (not by the locale's codec), so that a bad byte is an
+    error naming its line instead of a traceback."""
+    from cellnet_core.errors import DataError
+
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is None:  # a text stream (e.g. io.StringIO in tests)
+        return [line.rstrip("\r\n") for line in sys.stdin]
+    lines = []
+    for n, line in enumerate(raw, 1):
+        try:
+            lines.append(line.decode("utf-8").rstrip("\r\n"))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"ask: stdin line {n} is not valid UTF-8 (byte 0x{line[exc.start]:02x} at column "
+                            f"{exc.start + 1}); give questions as UTF-8 text") from None
+    return lines
+
+
+def not_utf8(text: str) -> str | None:
+    """Why ``text`` cannot be encoded as UTF-8 (``"byte 0xff at character 3"``), or None. Command-line
+    arguments that are not valid UTF-8 reach Python as lone surrogates (``surrogateescape``)."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
+        return f"{what} at character {exc.start + 1}"
+
+
+def _at_least_one(value: int, option: str, command: str) -> None:
+    if value < 1:
+        raise ConfigError(f"{command}: {option} must be at least 1, got {value}")
 
 
 def _readline_history() -> Any:
@@ -299,6 +355,10 @@ def cmd_ask(args) -> int:
     """``cellnet ask``: answer the questions given, from stdin, or typed on a terminal."""
     from cellnet_core import api
 
+    _at_least_one(args.k, "-k", "ask")
+    for i, turn in enumerate(args.context or [], 1):
+        if not_utf8(turn):
+            raise ConfigError(f"ask: --context turn {i} is not valid UTF-8 ({not_utf8(turn)})")
     _, registry = _load()
     interactive = not args.texts and sys.stdin is not None and sys.stdin.isatty()
     conversation = _ask_conversation(args) if interactive else None
@@ -325,6 +385,12 @@ def cmd_ask(args) -> int:
             if interactive:
                 print(file=sys.stderr)
             break
+        except UnicodeDecodeError as exc:  # typed on a terminal whose encoding is not UTF-8
+            print(f"(not valid UTF-8: byte 0x{exc.object[exc.start]:02x}; type the question again)", file=sys.stderr)
+            continue
+        if interactive and not_utf8(q):
+            print(f"(not valid UTF-8: {not_utf8(q)}; type the question again)", file=sys.stderr)
+            continue
         if not q.strip():
             continue
         if pipe is None:
@@ -391,6 +457,7 @@ def cmd_eval(args) -> int:
     from cellnet_core import api
     from cellnet_core.evaluation import format_table
 
+    _at_least_one(args.k, "-k", "eval")
     pm, registry = _load()
     pipe = _load_run(args, registry)
     names = args.baselines.split(",") if args.baselines else None
