@@ -207,3 +207,40 @@ def test_selection_items_without_positives_are_dropped_with_a_count(tmp_path, ru
     assert len(warned) == 1
     assert ("some.jsonl: dropped 2 item(s) without a candidate labelled 1 (line(s) 2, 4): nothing to rank first; "
             "2 item(s) kept") in warned[0].getMessage()
+
+
+# -- questions ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["ask", "eval"])
+@pytest.mark.parametrize("k", ["-3", "0"])
+def test_k_below_one(run, capsys, command, k):
+    rc = main([command, str(run), *(["hi"] if command == "ask" else []), "-k", k])
+    one_line(capsys, rc, f"{command}: -k must be at least 1, got {k}")
+
+
+def test_empty_questions_are_named_and_skipped(run, capsys):
+    assert main(["ask", str(run), "  ", "hello", "", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert [row["question"] for row in json.loads(captured.out)] == ["hello"]
+    assert "ask: skipped 2 empty question(s) (question 1, 3)" in captured.err
+    rc = main(["ask", str(run), " ", "\t"])
+    one_line(capsys, rc, "ask: nothing to answer: 2 empty question(s)")
+
+
+def test_blank_stdin_lines_are_named_and_skipped(run):
+    r = cli("ask", str(run), stdin=b"hello\n\n   \nthank you\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().count("Q: ") == 2
+    assert "ask: skipped 2 empty stdin line(s) (stdin line 2, 3)" in r.stderr.decode()
+
+
+def test_invalid_utf8_question_in_argv(run):
+    r = subprocess.run([sys.executable, "-m", "cellnet_core.cli", "ask", str(run), b"hi \xff there"],
+                       capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    proc_one_line(r, "ask: question 1 is not valid UTF-8 (byte 0xff at character 4)")
+
+
+@pytest.mark.parametrize("locale", ["C.UTF-8", "C"])
+def test_invalid_utf8_question_on_stdin(run, locale, monkeypatch):
+    monkeypatch.setenv("LC_ALL", locale)
+    r = cli("ask", str(run), stdin=b"hello\nhi \xc3\x28 there\n")
+    proc_one_line(r, "ask: stdin line 2 is not valid UTF-8 (byte 0xc3 at column 4)")
