@@ -776,7 +776,7 @@ def _try_configure(cli: Any, core: dict[str, argparse.ArgumentParser]) -> tuple[
         parser = scratch.setdefault(name, argparse.ArgumentParser(prog=f"cellnet {name}"))
         try:
             configure(parser)
-        except Exception as exc:  # noqa: BLE001 - reported as the plugin's failure
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - reported as the plugin's failure
             return plugin, f"configuring {what} raised {type(exc).__name__}: {exc}"
     return None
 
