@@ -194,20 +194,13 @@ def batch_totals(metrics_text: str) -> tuple[float, float]:
 
 def screenshot(base: str, out: Path) -> None:
     """The chat page after a short conversation (headless Chromium)."""
-    import shutil
-
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium") or shutil.which("google-chrome") or ""
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1000,1250",
-              "--hide-scrollbars"):
-        opts.add_argument(a)
-    drv = webdriver.Chrome(service=DriverService(shutil.which("chromedriver")), options=opts)
+    from cellnet_serve.testing import chromium
+
+    drv = chromium(1000, 1250)
     try:
         wait = WebDriverWait(drv, 60)
         drv.get(base + "/")

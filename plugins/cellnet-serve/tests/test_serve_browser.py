@@ -5,24 +5,10 @@ install chromium chromium-driver)."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 
 import pytest
-
-
-def _browser_or_skip():
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install selenium)")
-    chrome = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    driver = shutil.which("chromedriver")
-    if not chrome or not driver:
-        pytest.skip("no headless browser: install Chromium and its driver (Debian: apt-get install chromium "
-                    "chromium-driver)")
-    return chrome, driver
 
 
 @pytest.fixture(scope="module")
@@ -50,19 +36,15 @@ def served(tiny_pipe):
 
 @pytest.fixture(scope="module")
 def browser():
-    chrome, driver_path = _browser_or_skip()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
+    from cellnet_serve.testing import browser_missing, chromium
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chrome
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,900"):
-        opts.add_argument(arg)
+    why = browser_missing()
+    if why:
+        pytest.skip(why)
     try:
-        drv = webdriver.Chrome(service=DriverService(driver_path), options=opts)
+        drv = chromium()
     except Exception as exc:  # noqa: BLE001 - a browser that cannot start is a skip with its reason
         pytest.skip(f"Chromium did not start: {str(exc).splitlines()[0]}")
-    drv.set_page_load_timeout(30)
     yield drv
     drv.quit()
 
