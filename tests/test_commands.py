@@ -288,3 +288,22 @@ def test_viz_runs_through_the_lattice_plugin(tmp_path, capsys):
     capsys.readouterr()
     assert main(["viz", str(tmp_path / "flat"), "hello"]) == 2
     assert capsys.readouterr().err == "error: viz: the run's core 'identity' is not a lattice (nothing to draw)\n"
+
+
+def test_build_parser_takes_a_plugin_manager_with_an_in_process_plugin(tmp_plugin, capsys):
+    from cellnet_core import hookimpl
+
+    class Inline:
+        @staticmethod
+        @hookimpl
+        def cellnet_register_commands(cli):
+            cli.add_command("ping", help="answer pong", configure=lambda p: p.add_argument(
+                "--times", type=int, default=1, help="how many"), run=lambda a: print("pong " * a.times) or 0,
+                examples="  cellnet ping --times 2")
+
+    with tmp_plugin(Inline(), "inline") as (pm, _):
+        parser = build_parser(pm)
+        args = parser.parse_args(["ping", "--times", "2"])
+        assert args.func(args) == 0 and capsys.readouterr().out == "pong pong \n"
+        assert "command:ping" in next(p for p in pm.report.plugins if p.name == "inline").provides
+        assert "viz" not in _subparsers(parser)  # autoload off: only what this manager holds
