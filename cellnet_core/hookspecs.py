@@ -34,7 +34,10 @@ def cellnet_register_components(registry: "Registry") -> None:
     """Add components to ``registry`` with ``registry.add(kind, name, config_cls, factory, ...)``.
 
     The only way to add parts. Return nothing. Factories may be given as ``"module:attr"``
-    strings so that listing and validating import no model code.
+    strings so that listing and validating import no model code. Kinds
+    (``cellnet_core.registry.KINDS``): ``encoder``, ``reshaper``, ``core``, ``kernel``,
+    ``decoder``, ``strategy``, ``dataset``, and, since 0.2, ``cell`` (a lattice's update rule,
+    ``core.cell``) and ``loss`` (a training objective, ``training.loss``).
 
     Added in 0.1.
     """
