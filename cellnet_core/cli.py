@@ -529,7 +529,7 @@ def _version() -> str:
     return f"cellnet {__version__} (cellnet-core); {n} plugin(s) installed, see 'cellnet plugins'"
 
 
-_KIND_HELP = "encoder, reshaper, core, kernel, decoder, strategy or dataset"
+_KIND_HELP = "encoder, reshaper, core, kernel, decoder, strategy, dataset, cell or loss"
 _SET_HELP = "override a config field, e.g. --set training.epochs=5 (the value is read as YAML; repeatable)"
 _DEVICE_HELP = "run on this device instead of the run's own: cpu, cuda, cuda:N, mps or auto"
 
