@@ -2,6 +2,10 @@
 
 Exit codes: 0 success, 1 failure (a bug or an unexpected error), 2 bad input or config (one
 readable line on stderr, no traceback; set ``CELLNET_DEBUG=1`` to see one anyway).
+
+The core's own commands are defined here; plugins add theirs, and options of these, through the
+``cellnet_register_commands`` hook (:mod:`cellnet_core.commands`), which :func:`build_parser`
+calls for every plugin.
 """
 
 from __future__ import annotations

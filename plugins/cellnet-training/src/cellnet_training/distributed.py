@@ -1,10 +1,11 @@
 """Multi-process data-parallel training (``cellnet train --nproc N``).
 
-:func:`launch` starts N workers through torch's elastic launcher (``torch.distributed.run``),
-each running ``cellnet <argv>``; the workers find each other through the environment it sets
-(``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``…). :func:`setup` joins the process group (nccl when
-this process has a GPU of its own, gloo otherwise; see :func:`choose_backend`) and fills
-``RunContext.rank`` / ``world_size``. Strategies then call
+:func:`launch` (called by :func:`cellnet_training.commands.run_train`, which takes ``cellnet
+train`` over when ``--nproc`` is above 1) starts N workers through torch's elastic launcher
+(``torch.distributed.run``), each running ``cellnet <argv>``; the workers find each other
+through the environment it sets (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``…). :func:`setup`
+joins the process group (nccl when this process has a GPU of its own, gloo otherwise; see
+:func:`choose_backend`) and fills ``RunContext.rank`` / ``world_size``. Strategies then call
 :func:`shard`, :func:`gather_rows` and :func:`sum_gradients` (see :mod:`cellnet_training.engine`).
 """
 
