@@ -19,6 +19,7 @@ hook on its own, so a plugin whose registration raises is reported and the other
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -116,7 +117,9 @@ class CommandRegistry:
         if not callable(configure) or (run is not None and not callable(run)):
             raise CommandError(f"options for '{command}': configure and run must be callables")
         if command not in self._commands:
-            raise CommandError(f"options for unknown command '{command}'; commands: {', '.join(self.names())}")
+            close = difflib.get_close_matches(command, self.names(), n=1)
+            raise CommandError(f"options for unknown command '{command}'; commands: {', '.join(self.names())}"
+                               + (f"; did you mean '{close[0]}'?" if close else ""))
         self._options.append(CommandOptions(command, configure, run, self.current_plugin, examples))
 
     # -- reading --------------------------------------------------------------------------------

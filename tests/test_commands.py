@@ -245,8 +245,10 @@ def test_registry_refuses_bad_names_and_options_for_unknown_commands():
     with pytest.raises(CommandError, match="command name 'Bad Name'"):
         cli.add_command("Bad Name", help="x", configure=lambda p: None, run=lambda a: 0)
     cli.add_command("one", help="x", configure=lambda p: None, run=lambda a: 5)
-    with pytest.raises(CommandError, match=r"options for unknown command 'two'; commands: one"):
+    with pytest.raises(CommandError, match=r"options for unknown command 'two'; commands: one$"):
         cli.add_options("two", lambda p: None)
+    with pytest.raises(CommandError, match=r"unknown command 'onr'; commands: one; did you mean 'one'\?"):
+        cli.add_options("onr", lambda p: None)
     calls = []
     cli.current_plugin = "q"
     cli.add_options("one", lambda p: None, run=lambda a: calls.append("q") or None)
