@@ -83,8 +83,9 @@ def _cases():
             if (kind, name) == ("kernel", "cuda"):
                 marks.append(pytest.mark.gpu)
             cases.append(pytest.param(kind, name, marks=marks, id=f"{kind}-{name}"))
-    for cell in ("mlp", "gmlp", "nca"):
-        cases.append(pytest.param("cell", cell, id=f"cell-{cell}"))
+    for kind in ("cell", "loss"):  # selected inside core.cell / training.loss
+        for name in registry.names(kind):
+            cases.append(pytest.param(kind, name, id=f"{kind}-{name}"))
     return cases
 
 
@@ -94,7 +95,9 @@ def _config(kind: str, name: str) -> dict:
     if kind == "kernel":
         cfg["core"]["kernel"] = name
     elif kind == "cell":
-        cfg["core"]["cell"] = {"name": name, "hidden": 8}
+        cfg["core"]["cell"] = {"name": name}
+    elif kind == "loss":  # a gradient strategy, so that the loss trains the lattice
+        cfg["training"] = {"name": "dialogue", **TINY_TRAIN, "loss": name}
     else:
         cfg[SECTION[kind]] = {"name": name, **extra}
     if kind == "encoder":  # the flat reshaper adapts to any embedding size
@@ -129,5 +132,5 @@ def test_swap_one_part(kind, name, tmp_path):
     answers = pipe.answer(["hello, how are you?"])
     assert len(answers) == 1 and isinstance(answers[0].text, str)
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    section = {"kernel": "core", "cell": "core"}.get(kind, SECTION.get(kind, kind))
+    section = {"kernel": "core", "cell": "core", "loss": "training"}.get(kind, SECTION.get(kind, kind))
     assert name in json.dumps(saved[section])
