@@ -471,4 +471,6 @@ def evaluate(run: "Pipeline | str | Path", data: str | Path | None = None, basel
 
         atomic_write_text(dump, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         result["dump"] = {"path": str(dump), "rows": len(rows)}
+    if getattr(pipe, "run_dir", None) is not None:  # observers: trackers log the table, the model card shows it
+        pm.hook.cellnet_on_eval_end(run_dir=str(pipe.run_dir), result=result)
     return result

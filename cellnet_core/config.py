@@ -176,6 +176,9 @@ def run_config_model(registry: "Registry") -> type[BaseModel]:
         "device": (str, Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
                               description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'")),
         "eval": (EvalConfig, Field(default_factory=EvalConfig, description="evaluation settings")),
+        "tracking": (list[union("tracker")], Field(  # type: ignore[misc]
+            default_factory=list, description="trackers that observe the run, by registered name "
+                                              "(e.g. [tensorboard, mlflow, csv]); they never change what is trained")),
     }
     for section, kind in SECTIONS.items():
         default = DEFAULTS.get(section)
@@ -334,7 +337,7 @@ def validate_run_config(registry: "Registry", data: dict[str, Any], source: str 
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: (top level): expected a mapping")
     data = dict(data)
-    known = {"schema_version", "seed", "device", "eval", *SECTIONS}
+    known = {"schema_version", "seed", "device", "eval", "tracking", *SECTIONS}
     for key in data:
         if key not in known:
             import difflib
@@ -354,6 +357,12 @@ def validate_run_config(registry: "Registry", data: dict[str, Any], source: str 
         validated[section] = validate_component(registry, kind, data[section], where=section, source=source)
     if "training" not in data:
         _check_default_training(registry, data, source)
+    if data.get("tracking") is not None:
+        tracking = data["tracking"]
+        if not isinstance(tracking, list):
+            tracking = [tracking]  # `--set tracking=mlflow`
+        validated["tracking"] = [validate_component(registry, "tracker", item, where=f"tracking[{i}]", source=source)
+                                 for i, item in enumerate(tracking)]
     model = run_config_model(registry)
     merged = {**data, **validated}
     try:

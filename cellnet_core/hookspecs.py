@@ -86,3 +86,13 @@ def cellnet_on_epoch_end(run_dir: str, epoch: int, metrics: dict[str, float]) ->
 @hookspec
 def cellnet_on_train_end(run_dir: str, result: Any) -> None:
     """Observer: called once after ``cellnet train`` finished and saved the run. Added in 0.1."""
+
+
+@hookspec
+def cellnet_on_eval_end(run_dir: str, result: dict[str, Any]) -> None:
+    """Observer: called after :func:`cellnet_core.api.evaluate` measured a saved run (``cellnet
+    eval``), with the run's directory and the result (``data``, ``rows``, ``compare``…) as
+    :func:`~cellnet_core.api.evaluate` returns it. Trackers log the table; the model card shows it.
+
+    Added in 0.1.
+    """

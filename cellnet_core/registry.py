@@ -19,8 +19,10 @@ from pydantic import ValidationError
 from cellnet_core.errors import ConfigError, DuplicateComponentError, MissingDependencyError, UnknownComponentError
 
 #: ``cell`` (a lattice's update rule) and ``loss`` (a training objective) are the smaller parts that
-#: other components select by name in their own config (``core.cell``, ``training.loss``).
-KINDS: tuple[str, ...] = ("encoder", "reshaper", "core", "kernel", "decoder", "strategy", "dataset", "cell", "loss")
+#: other components select by name in their own config (``core.cell``, ``training.loss``); a
+#: ``tracker`` (TensorBoard, MLflow, CSV) observes a run, selected by the run config's ``tracking`` list.
+KINDS: tuple[str, ...] = ("encoder", "reshaper", "core", "kernel", "decoder", "strategy", "dataset", "cell", "loss",
+                          "tracker")
 
 #: Past this many names an error shows only the closest few and points to ``cellnet components``.
 _MAX_LISTED = 20
