@@ -12,6 +12,7 @@ from cellnet_core.errors import CellnetError
 
 
 def test_tensorboard_events_read_back(tracked_run):
+    pytest.importorskip("tensorboard", reason="the tensorboard tracker needs: pip install 'cellnet-sweep[tensorboard]'")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(tracked_run["run"] / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0,
@@ -32,6 +33,7 @@ def test_tensorboard_events_read_back(tracked_run):
 
 
 def test_mlflow_run_read_back(tracked_run):
+    pytest.importorskip("mlflow", reason="the mlflow tracker needs: pip install 'cellnet-sweep[mlflow]'")
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracked_run["uri"])
