@@ -112,3 +112,63 @@ def test_setup_joins_with_the_chosen_backend(monkeypatch):
     run = Run()
     D.setup(run, "cuda")
     assert calls == {"device": 3, "backend": "nccl"} and (run.rank, run.world_size) == (11, 16)
+
+
+TORCHRUN_CONFIG = """seed: 0
+device: cpu
+data: {name: pairs, path: wordmap.jsonl, val_fraction: 0.15, test_fraction: 0.15}
+encoder: {name: hashing, dim: 64}
+reshaper: {name: surface, shape: [4, 4, 2], channels: 4}
+core: {name: lattice, cell: {name: nca, hidden: 8}, steps: 2}
+decoder: {name: nearest}
+training: {name: dialogue, epochs: 3, batch_size: 16, lr: 0.01, plots: false}
+"""
+
+
+def _wordmap(path) -> None:
+    """200 pairs: three words of vocabulary A → the same words mapped into vocabulary B (learnable)."""
+    import random
+
+    rng = random.Random(0)
+    b = [f"b{i}" for i in range(24)]
+    rng.shuffle(b)
+    seen: set = set()
+    rows = []
+    while len(rows) < 200:
+        w = tuple(rng.sample(range(24), 3))
+        if w not in seen:
+            seen.add(w)
+            rows.append({"question": " ".join(f"a{i}" for i in w), "answer": " ".join(b[i] for i in w)})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.mark.slow
+def test_plain_torchrun_matches_cellnet_train_nproc(tmp_path):
+    """``torchrun --nproc-per-node 2 -m cellnet_training.worker train …`` trains what ``--nproc 2`` does."""
+    import os
+
+    from cellnet_core import api
+    from cellnet_core.checkpoint import load_tensors
+
+    (tmp_path / "tiny.yaml").write_text(TORCHRUN_CONFIG)
+    _wordmap(tmp_path / "wordmap.jsonl")
+    env = {**os.environ, "CELLNET_DIST_BACKEND": "gloo", "CELLNET_CACHE_DIR": str(tmp_path / "cache"),
+           "OMP_NUM_THREADS": "1", "CELLNET_QUIET": "1"}
+    a = subprocess.run([sys.executable, "-m", "cellnet_core.cli", "train", "tiny.yaml", "--run-dir", "nproc",
+                        "--nproc", "2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert a.returncode == 0, a.stderr
+    b = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        "-m", "cellnet_training.worker", "train", "tiny.yaml", "--run-dir", "torchrun"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert b.returncode == 0, b.stderr
+    assert not list(tmp_path.glob(".*.partial"))  # both published their run
+    wa, wb = load_tensors(tmp_path / "nproc" / "weights.safetensors"), load_tensors(tmp_path / "torchrun" / "weights.safetensors")
+    assert set(wa) == set(wb)
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=1e-6)
+    ma = json.loads((tmp_path / "nproc" / "manifest.json").read_text())["train"]["metrics"]
+    mb = json.loads((tmp_path / "torchrun" / "manifest.json").read_text())["train"]["metrics"]
+    assert mb["val_mrr"] == pytest.approx(ma["val_mrr"], abs=1e-6)
+    train = json.loads((tmp_path / "torchrun" / "manifest.json").read_text())["train"]
+    assert train["best_epoch"] > 0 and not train["untrained"]  # trained weights, not the start, compared
+    api.check_run_dir(tmp_path / "torchrun")  # every file matches its manifest
