@@ -183,7 +183,7 @@ def _train(config: Any, run_dir: str | Path, *, overwrite: bool, resume: bool, o
     import yaml
 
     from cellnet_core.checkpoint import atomic_write_text
-    from cellnet_core.config import config_to_dict
+    from cellnet_core.config import check_memory, config_to_dict
     from cellnet_core.pipeline import CONFIG_FILE, Pipeline
     from cellnet_core.run import (RunContext, check_resume_config, config_hash, partial_dir, prepare_run_dir,
                                   publish_run_dir, target_of)
@@ -200,7 +200,10 @@ def _train(config: Any, run_dir: str | Path, *, overwrite: bool, resume: bool, o
         config = find_run_config(launched or resume_source(target))
     if config is None:
         raise ConfigError("train: give a config (a YAML file, a mapping or a validated config)")
+    where = str(config) if isinstance(config, (str, Path)) else "config"
     config = load_config(config, overrides, plugins=(pm, registry))
+    check_memory(config, where)  # a lattice too large for this machine fails before anything is allocated
+    check_baselines(config, pm, where)  # what eval would reject once the run is trained
     if resume and not restart:  # a resumed run continues under its own config (resumable keys aside)
         source = Path(launched) if launched else resume_source(target)
         check_resume_config(source, load_config(find_run_config(source), plugins=(pm, registry)), config)
@@ -347,6 +350,23 @@ def answer(run: "Pipeline | str | Path", questions: str | Iterable[str], k: int 
     return _pipeline(run, plugins).answer(texts, k=k)
 
 
+#: the baselines cellnet-core itself provides (its built-in plugin's ``cellnet_eval_baselines``)
+CORE_BASELINES = ("identity", "mean", "ridge")
+
+
+def check_baselines(config: Any, pm: Any, source: str = "config") -> None:
+    """Refuse a config whose ``eval.baselines`` names a baseline no plugin provides (what ``cellnet
+    eval`` would reject after training), naming the available ones. The plugins' baselines hook is
+    called only for names beyond the core's own (it may import torch)."""
+    names = list(getattr(getattr(config, "eval", None), "baselines", None) or [])
+    if all(n in CORE_BASELINES for n in names):
+        return
+    try:
+        _baselines(pm, names)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
 def _baselines(pm: Any, names: Sequence[str]) -> list[Any]:
     found: dict[str, Any] = {}
     for group in pm.hook.cellnet_eval_baselines():
@@ -375,7 +395,7 @@ def data_kind(path: str | Path) -> str:
                 if line.strip():
                     try:
                         first = json.loads(line)
-                    except json.JSONDecodeError:
+                    except (json.JSONDecodeError, RecursionError):  # deep nesting: RecursionError
                         from cellnet_core.errors import DataError
 
                         raise DataError(f"{path}: line 1: not valid JSON") from None

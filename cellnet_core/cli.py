@@ -134,13 +134,16 @@ def _component_detail(registry, args) -> int:
 
 def cmd_validate(args) -> int:
     """``cellnet validate``: check configs and their data files; exit 2 when one is bad."""
-    from cellnet_core.config import load_config
+    from cellnet_core.api import check_baselines
+    from cellnet_core.config import check_memory, load_config
 
-    _, registry = _load()
+    pm, registry = _load()
     bad = 0
     for path in args.configs:
         try:
             config = load_config(registry, path, args.set)
+            check_memory(config, path)  # what training would try to allocate
+            check_baselines(config, pm, path)  # what eval would reject
             if not args.no_data:  # what training builds first: a missing or malformed data file fails here too
                 registry.build("dataset", config.data, None)
             print(f"{path}: ok")

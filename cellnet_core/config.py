@@ -9,6 +9,7 @@ before any tensor exists. Errors read ``file: dotted.path: message``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -59,6 +60,13 @@ class ComponentConfig(BaseModel):
         so that other sections' :meth:`check_run` can check sizes at validation time (e.g. the
         ``flat`` reshaper: X·Y·Z·C must equal D). Default: None (known only once built)."""
         return None
+
+    def memory_bytes(self, run: Any) -> dict[str, int]:
+        """A *lower bound* of the memory this part needs to train ``run``, told from the config alone
+        (no torch import): ``{"what it is": bytes}``, e.g. ``{"lattice states kept for the backward
+        pass": ...}``. :func:`check_memory` adds up every section's and refuses a run that cannot
+        fit in this machine's available memory before anything is allocated. Default: nothing."""
+        return {}
 
 
 def registered_name(kind: str, *, extra: tuple[str, ...] = ()) -> Any:
@@ -383,6 +391,60 @@ def validate_run_config(registry: "Registry", data: dict[str, Any], source: str 
         except ValueError as exc:
             raise ConfigError(f"{source}: {section}: {exc}") from None
     return run
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine has available now (psutil's ``available``, else Linux's
+    ``MemAvailable``, else free pages by ``os.sysconf``); None where none of them can tell."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - psutil is optional; any failure falls through to the OS
+        pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    """``1.5 GB``-style size (powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"  # pragma: no cover
+
+
+def check_memory(run: BaseModel, source: str = "config", available: int | None = None) -> int:
+    """Refuse a run that cannot train in this machine's memory: the sum of every section's
+    :meth:`ComponentConfig.memory_bytes` (a lower bound) against :func:`available_memory` (or
+    ``available``). Run by ``cellnet validate`` and by training before anything is allocated or
+    written; returns the estimate in bytes. The message names the estimate, its largest parts and
+    what is available."""
+    parts: dict[str, int] = {}
+    for section in SECTIONS:
+        estimate = getattr(getattr(run, section, None), "memory_bytes", None)
+        if callable(estimate):
+            for what, n in (estimate(run) or {}).items():
+                parts[f"{section}: {what}"] = parts.get(f"{section}: {what}", 0) + int(n)
+    total = sum(parts.values())
+    have = available_memory() if available is None else available
+    if have is None or total <= have:
+        return total
+    largest = sorted(parts.items(), key=lambda kv: -kv[1])[:2]
+    detail = "; ".join(f"{what} = {format_bytes(n)}" for what, n in largest)
+    raise ConfigError(f"{source}: training needs at least {format_bytes(total)} of memory ({detail}), but this "
+                      f"machine has {format_bytes(have)} available; make the lattice, its channels or "
+                      f"training.batch_size smaller")
 
 
 def _check_default_training(registry: "Registry", data: dict[str, Any], source: str) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cellnet_core.cli import main
+from cellnet_core.errors import ConfigError
 from cellnet_core.testing.fakes import GREETINGS_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,3 +245,124 @@ def test_invalid_utf8_question_on_stdin(run, locale, monkeypatch):
     monkeypatch.setenv("LC_ALL", locale)
     r = cli("ask", str(run), stdin=b"hello\nhi \xc3\x28 there\n")
     proc_one_line(r, "ask: stdin line 2 is not valid UTF-8 (byte 0xc3 at column 4)")
+
+
+# -- what validate catches before training would -----------------------------------------------------
+LATTICE_CONFIG = GREETINGS_CONFIG.replace(
+    "reshaper: {name: flat, channels: 1}", "reshaper: {name: surface, shape: [4, 4, 2], channels: 4}").replace(
+    "core: {name: identity}", "core: {name: lattice, steps: 2}").replace(
+    "training: {name: retrieval}", "training: {name: dialogue, epochs: 1}")
+
+
+@pytest.fixture
+def lattice(tmp_path) -> Path:
+    cfg = tmp_path / "lattice.yaml"
+    cfg.write_text(LATTICE_CONFIG)
+    return cfg
+
+
+def test_lattice_config_is_valid(lattice, capsys):
+    assert main(["validate", str(lattice)]) == 0
+
+
+@pytest.mark.parametrize("command", ["validate", "train"])
+def test_zero_weight_loss_list(lattice, tmp_path, capsys, command):
+    extra = ["--run-dir", str(tmp_path / "run")] if command == "train" else []
+    rc = main([command, str(lattice), *extra, "--set", "training.loss=[{name: cosine, weight: 0}, {name: mse, weight: 0}]"])
+    one_line(capsys, rc, "training.loss: every loss term has weight 0, so nothing would be trained")
+    rc = main([command, str(lattice), *extra, "--set", "training.loss={name: infonce, weight: 0}"])
+    one_line(capsys, rc, "every loss term has weight 0")
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run*"))
+    assert main(["validate", str(lattice), "--set", "training.loss=[{name: cosine, weight: 0}, mse]"]) == 0
+
+
+@pytest.mark.parametrize("command", ["validate", "train"])
+def test_reshaper_out_dim_that_does_not_match(lattice, tmp_path, capsys, command):
+    extra = ["--run-dir", str(tmp_path / "run")] if command == "train" else []
+    rc = main([command, str(lattice), *extra, "--set", "reshaper.out_dim=100"])
+    one_line(capsys, rc, "reshaper: out_dim: 100, but encoder 'hashing' gives 256-dim embeddings", "set it to 256")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("reshaper, needle", [
+    ("{name: permuted, shape: [4, 4, 4], channels: 2}", "shape [4, 4, 4] × channels 2 = 128 slots, but encoder "
+                                                        "'hashing' gives 256 dims"),
+    ("{name: permuted, channels: 3}", "channels: 3 does not divide the embedding size 256"),
+    ("{name: pair-faces, adapter: exact}", "'exact' needs face points × channels = D; got 64 × 6 = 384 for D = 256"),
+    ("{name: pair-faces, shape: [2, 2, 2], channels: 4}", "the face holds 16 values (points × channels), fewer "
+                                                          "than the 256"),
+    ("{name: surface, shape: [2, 2, 2], channels: 4, init: inverse}", "'inverse' needs input points × channels ≥ D"),
+    ("{name: flat, shape: [8, 8, 8], channels: 1}", "= 512, but encoder 'hashing' gives 256 dims"),
+])
+def test_reshaper_and_teacher_sizes(lattice, capsys, reshaper, needle):
+    rc = main(["validate", str(lattice), "--no-data", "--set", f"reshaper={reshaper}"])
+    one_line(capsys, rc, "lattice.yaml: reshaper: ", needle)
+
+
+def test_context_planes_size_against_the_teacher(lattice, capsys):
+    rc = main(["validate", str(lattice), "--no-data", "--set", "reshaper={name: context-planes, adapter: exact}",
+               "--set", "training={name: context}"])
+    one_line(capsys, rc, "reshaper: adapter: 'exact' needs X·Y·C = D; got 8·8·6 = 384 for D = 256")
+
+
+def test_minilm_size_is_known_at_validation(lattice, capsys):
+    rc = main(["validate", str(lattice), "--no-data", "--set", "encoder={name: minilm}",
+               "--set", "reshaper={name: flat, shape: [16, 1, 1], channels: 16}"])
+    one_line(capsys, rc, "encoder 'minilm' gives 384 dims")
+    assert main(["validate", str(lattice), "--no-data", "--set", "encoder={name: minilm}",
+                 "--set", "reshaper={name: flat, shape: [24, 1, 1], channels: 16}"]) == 0
+
+
+def test_unknown_baseline(lattice, capsys):
+    rc = main(["validate", str(lattice), "--no-data", "--set", "eval.baselines=[identity, ridgee]"])
+    one_line(capsys, rc, "lattice.yaml: eval.baselines: unknown 'ridgee'; available: ", "ridge")
+
+
+def test_unknown_distill_teacher(lattice, capsys):
+    rc = main(["validate", str(lattice), "--no-data", "--set",
+               "training={name: distill, teachers: [{encoder: {name: hashing}}, {encoder: {name: minilmm}}]}"])
+    one_line(capsys, rc, "training.teachers[1].encoder: unknown 'minilmm'", "did you mean 'minilm'?")
+    rc = main(["validate", str(lattice), "--no-data", "--set",
+               "training={name: distill, teachers: [{encoder: {name: hashing, dimm: 64}}]}"])
+    one_line(capsys, rc, "training.teachers[0].encoder.dimm: unknown field")
+
+
+@pytest.mark.parametrize("options, needle", [
+    ("core.kernel_options={slab: 3}", "core.kernel_options.slab: unknown field"),
+    ("core.kernel_options={block_cells: -1}", "core.kernel_options.block_cells: Input should be greater than"),
+])
+def test_kernel_options(lattice, capsys, options, needle):
+    rc = main(["validate", str(lattice), "--no-data", "--set", "core.kernel=fused", "--set", options])
+    one_line(capsys, rc, needle)
+
+
+# -- memory ---------------------------------------------------------------------------------------------
+HUGE = "reshaper.shape=[1000, 1000, 1000]"  # 10⁹ cells
+
+
+@pytest.mark.parametrize("command", ["validate", "train"])
+def test_billion_cell_lattice_is_refused_by_estimated_memory(lattice, tmp_path, capsys, command):
+    extra = ["--run-dir", str(tmp_path / "run")] if command == "train" else []
+    rc = main([command, str(lattice), *extra, "--set", HUGE])
+    line = one_line(capsys, rc, "training needs at least 3.1 TB of memory",
+                    "3 lattice states of 1,000,000,000 cells × 4 channels × batch 64 = 3.1 TB",
+                    "available; make the lattice")
+    assert "GB available" in line or "TB available" in line
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run*"))
+
+
+def test_memory_estimate_parts(lattice):
+    from cellnet_core import api
+    from cellnet_core.config import check_memory
+
+    config = api.load_config(str(lattice), ["training.batch_size=8", "core.steps=5"])
+    cells, channels, dim, points = 4 * 4 * 2, 4, 256, 4 * 4
+    states = 6 * 8 * cells * channels * 4  # steps + 1 states of the batch, float32
+    adapters = ((dim + 1) * points * channels + (points * channels + 1) * dim) * 4 * 4  # ×4: weights, grads, AdamW
+    assert check_memory(config, available=10**12) == states + adapters
+    with pytest.raises(ConfigError, match=r"^lattice.yaml: training needs at least 554\.0 kB of memory \(reshaper: "
+                                          r"learned adapters .* = 529\.4 kB; core: 6 lattice states of 32 cells × 4 "
+                                          r"channels × batch 8 = 24\.6 kB\), but this machine has 100\.0 kB available"):
+        check_memory(config, "lattice.yaml", available=10**5)
+    untrained = api.load_config(str(lattice), ["training=retrieval"])  # the core is not trained by gradient
+    assert check_memory(untrained, available=10**12) == adapters // 4  # no batch; no gradients or optimiser state

