@@ -448,6 +448,8 @@ def evaluate(run: "Pipeline | str | Path", data: str | Path | None = None, basel
         raise ConfigError("eval: --dump writes the decoded answers, which --no-text skips; drop one of them")
     if dump is not None and Path(dump).is_dir():
         raise ConfigError(f"eval: --dump {dump}: is a folder; give a file name, e.g. {Path(dump) / 'eval.jsonl'}")
+    if dump is not None and not Path(dump).parent.is_dir():  # before the evaluation, not after it
+        raise ConfigError(f"eval: --dump {dump}: no such folder '{Path(dump).parent}' (create it first)")
     pm, registry = _plugins(plugins)
     pipe = _pipeline(run, (pm, registry), device)
     names = list(baselines) if baselines is not None else list(pipe.config.eval.baselines)

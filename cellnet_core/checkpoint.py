@@ -36,19 +36,33 @@ CHECKSUM_KEY = "cellnet_sha256"
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so a
-    reader sees the old file or the new one, never a part."""
+    reader sees the old file or the new one, never a part. A ``path`` that exists and is not a
+    regular file (``/dev/stdout``, ``/dev/full``, a pipe) is written to directly: a rename would
+    replace the device itself. An :class:`OSError` (disk full, read-only folder) names ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.exists() and not path.is_file() and not path.is_dir():
+        try:
+            with open(path, "wb") as fh:
+                fh.write(data)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        return
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        # ENOSPC from write() names no file, a refused temporary file names itself: name the target
+        if isinstance(exc, OSError) and (exc.filename is None or str(exc.filename) == str(tmp)
+                                         or str(exc.filename).endswith(".tmp")):
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
         raise
 
 

@@ -175,11 +175,27 @@ def cmd_schema(args) -> int:
     _, registry = _load()
     text = json.dumps(json_schema(registry), indent=2)
     if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        from cellnet_core.checkpoint import atomic_write_text
+
+        atomic_write_text(output_file(args.out, "schema: --out"), text + "\n")
         print(f"wrote {args.out}")
     else:
         print(text)
     return 0
+
+
+def output_file(path: str | Path, option: str) -> Path:
+    """``path`` as a file to write, refused (one line naming it) when it is a folder or its folder
+    does not exist: an output option never creates folders the user did not ask for."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{option} {path}: is a folder; give a file name, e.g. {p / 'out.json'}")
+    folder = p.parent
+    if not folder.exists():
+        raise ConfigError(f"{option} {path}: no such folder '{folder}' (create it first)")
+    if not folder.is_dir():
+        raise ConfigError(f"{option} {path}: '{folder}' is not a folder")
+    return p
 
 
 def train_target(args) -> tuple[str | None, Path]:
@@ -836,6 +852,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # disk full, read-only folder, a path that is not a folder: the path and why
+        if os.environ.get("CELLNET_DEBUG"):
+            raise
+        where = exc.filename if exc.filename is not None else None
+        why = exc.strerror or str(exc)
+        print(f"error: {where}: {why}" if where is not None else f"error: {why}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a bug: one line saying where, the traceback on request
+        if os.environ.get("CELLNET_DEBUG"):
+            raise
+        import traceback
+
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              f"(at {Path(frame.filename).name}:{frame.lineno}; a bug in cellnet or a plugin: set CELLNET_DEBUG=1 "
+              f"for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

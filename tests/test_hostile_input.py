@@ -366,3 +366,97 @@ def test_memory_estimate_parts(lattice):
         check_memory(config, "lattice.yaml", available=10**5)
     untrained = api.load_config(str(lattice), ["training=retrieval"])  # the core is not trained by gradient
     assert check_memory(untrained, available=10**12) == adapters // 4  # no batch; no gradients or optimiser state
+
+
+# -- OS errors: one line naming the path, nothing half-written ------------------------------------------
+def test_disk_full_device(run, capsys):
+    rc = main(["schema", "--out", "/dev/full"])
+    one_line(capsys, rc, "error: /dev/full: No space left on device")
+    assert Path("/dev/full").is_char_device()  # written to, never replaced by a rename
+    rc = main(["eval", str(run), "--dump", "/dev/full"])
+    one_line(capsys, rc, "/dev/full: No space left on device")
+    assert Path("/dev/full").is_char_device()
+
+
+def test_disk_full_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "schema.json"
+    out.write_text("old\n")
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    rc = main(["schema", "--out", str(out)])
+    one_line(capsys, rc, f"error: {out}: No space left on device")
+    assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["schema.json"]
+
+
+def test_missing_output_folder(run, tmp_path, capsys):
+    rc = main(["schema", "--out", str(tmp_path / "nope" / "schema.json")])
+    one_line(capsys, rc, "schema: --out", "no such folder", "nope' (create it first)")
+    rc = main(["eval", str(run), "--dump", str(tmp_path / "nope" / "rows.jsonl")])
+    one_line(capsys, rc, "eval: --dump", "no such folder")
+    assert not (tmp_path / "nope").exists()
+
+
+def test_output_path_through_a_file(greet, capsys):
+    rc = main(["train", str(greet), "--run-dir", "/dev/full/run"])
+    one_line(capsys, rc, "/dev/full/.run.partial: Not a directory")
+    rc = main(["cache", "info", "--dir", "/dev/full"])
+    one_line(capsys, rc, "error: /dev/full: Not a directory")
+
+
+def _read_only_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    probe = folder / "probe"
+    try:
+        probe.touch()
+    except OSError:
+        return folder
+    probe.unlink()  # root ignores the mode bits: /sys refuses new files even to root
+    if not os.access("/sys", os.W_OK) or _refuses("/sys/cellnet-probe"):
+        return Path("/sys")
+    pytest.skip("no folder here refuses writes")
+
+
+def _refuses(path: str) -> bool:
+    try:
+        Path(path).touch()
+    except OSError:
+        return True
+    Path(path).unlink()
+    return False
+
+
+def test_read_only_folder(greet, tmp_path, capsys):
+    folder = _read_only_folder(tmp_path)
+    before = set(os.listdir(folder))
+    rc = main(["schema", "--out", str(folder / "schema.json")])
+    one_line(capsys, rc, f"{folder / 'schema.json'}: Permission denied")
+    rc = main(["train", str(greet), "--run-dir", str(folder / "run")])
+    one_line(capsys, rc, str(folder), "Permission denied")
+    assert set(os.listdir(folder)) == before
+
+
+def test_unexpected_error_is_one_line_with_where(monkeypatch, capsys):
+    import cellnet_core.cli as cli_module
+
+    def broken(args):
+        raise TypeError("unsupported operand")
+
+    parser = cli_module.build_parser
+    monkeypatch.setattr(cli_module, "build_parser", lambda: _with_func(parser(), broken))
+    rc = main(["plugins"])
+    line = _errors(capsys)
+    assert rc == 1 and len(line) == 1
+    assert "unexpected TypeError: unsupported operand" in line[0] and "CELLNET_DEBUG=1" in line[0]
+    monkeypatch.setenv("CELLNET_DEBUG", "1")
+    with pytest.raises(TypeError):
+        main(["plugins"])
+
+
+def _with_func(parser, func):
+    parser._subparsers._group_actions[0].choices["plugins"].set_defaults(func=func)
+    return parser
