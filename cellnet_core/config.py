@@ -245,6 +245,7 @@ class StrictYamlLoader(yaml.SafeLoader):
     an error naming the key and both lines (plain ``safe_load`` keeps the last value silently)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        """The mapping of ``node``; a key given twice raises, naming it and both lines."""
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base' merges; explicit keys may override it
