@@ -165,16 +165,18 @@ def train(config: str | Path | dict[str, Any] | "BaseModel" | None, run_dir: str
     pipeline has ``run_dir`` (the final directory) and ``train_info`` (the manifest's ``train``
     entry: epochs, best_epoch, seconds, metrics, untrained).
     """
-    from cellnet_core.run import lock_run_dir
+    from cellnet_core.run import holds_lock, lock_run_dir, release_run_dir
 
     launched = os.environ.get(STAGING_ENV)  # a worker of a data-parallel launch: its parent holds the lock
-    lock = None if launched else lock_run_dir(run_dir)
+    mine = not launched and not holds_lock(run_dir)  # released here, however training ends
+    if not launched:
+        lock_run_dir(run_dir)
     try:
         return _train(config, run_dir, overwrite=overwrite, resume=resume, overrides=overrides, plugins=plugins,
                       echo=echo, extras=extras, restart=restart)
     finally:
-        if lock is not None:
-            lock.release()
+        if mine:
+            release_run_dir(run_dir)
 
 
 def _train(config: Any, run_dir: str | Path, *, overwrite: bool, resume: bool, overrides: Sequence[str],

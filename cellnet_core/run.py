@@ -17,6 +17,7 @@ What a run directory guarantees (docs/status.md, "Runs: what holds"):
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import math
@@ -284,8 +285,11 @@ class RunContext:
 
         path = self.run_dir / name
         record_path = self.run_dir / CHECKPOINT_RECORD
-        if self.restart:  # asked to train again from scratch: the old state is not read
+        if self.restart:  # asked to train again from scratch: the old state is not read, and goes
             self._committed = None
+            if self.is_main:
+                for old in (path, record_path):
+                    old.unlink(missing_ok=True)
             return None
         if not path.exists():
             if record_path.exists():
@@ -294,7 +298,13 @@ class RunContext:
                                       f"cannot continue where it stopped: start its training again with "
                                       f"'cellnet train --resume {target_of(self.run_dir)} --restart'")
             return None
-        state = load_tree(path, require_checksum=True)
+        try:
+            state = load_tree(path, require_checksum=True)
+        except CheckpointError as exc:
+            if "has no checksum" not in str(exc):
+                raise
+            raise CheckpointError(f"{exc}; train it again from scratch with "
+                                  f"'cellnet train --resume {target_of(self.run_dir)} --restart'") from None
         record = state.pop("cellnet_run", None) if isinstance(state, dict) else None
         if not isinstance(record, dict):
             raise CheckpointError(f"{path}: not a training state of this version of cellnet (no run record); "
@@ -454,6 +464,17 @@ class RunLock:
 _HELD: dict[str, RunLock] = {}
 
 
+def _release_all() -> None:
+    for lock in list(_HELD.values()):
+        try:
+            lock.release()
+        except OSError:
+            pass
+
+
+atexit.register(_release_all)  # a process that prepared a run for its workers leaves no lock file behind
+
+
 def lock_run_dir(run_dir: str | Path) -> RunLock | None:
     """Lock ``run_dir`` for this process; return the lock (release it when done), or None when this
     process holds it already. A live holder elsewhere: :class:`~cellnet_core.errors.ConfigError`
@@ -468,6 +489,18 @@ def lock_run_dir(run_dir: str | Path) -> RunLock | None:
     lock = RunLock(target).acquire()
     _HELD[key] = lock
     return lock
+
+
+def holds_lock(run_dir: str | Path) -> bool:
+    """True when this process holds the lock of ``run_dir``."""
+    return str(target_of(run_dir).absolute()) in _HELD
+
+
+def release_run_dir(run_dir: str | Path) -> None:
+    """Release this process's lock of ``run_dir`` (nothing when it holds none)."""
+    lock = _HELD.get(str(target_of(run_dir).absolute()))
+    if lock is not None:
+        lock.release()
 
 
 def _writer_alive(partial: Path) -> int | None:
@@ -622,7 +655,9 @@ def publish_run_dir(partial: str | Path, run_dir: str | Path) -> Path:
     old = None
     if target.exists():
         if _exchange(partial, target):
-            old = partial  # now holds the old run
+            # the old run is now in the partial's place: out of the way of a later --resume first
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(partial, old)
         else:
             old = target.parent / f".{target.name}.old-{os.getpid()}"
             os.replace(target, old)
@@ -631,7 +666,5 @@ def publish_run_dir(partial: str | Path, run_dir: str | Path) -> Path:
         os.replace(partial, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    held = _HELD.get(str(target_of(target).absolute()))
-    if held is not None:
-        held.release()
+    release_run_dir(target)
     return target

@@ -64,3 +64,40 @@ def test_manifest_lists_plugin_versions(tmp_path):
     m = write_manifest(tmp_path, ["f.txt"])
     assert m["plugins"]["cellnet-core"]
     assert json.loads((tmp_path / "manifest.json").read_text())["files"]["f.txt"]["bytes"] == 1
+
+
+def test_every_saved_file_carries_a_checksum_that_reading_verifies(tmp_path):
+    from cellnet_core.checkpoint import CHECKSUM_KEY, read_tensors
+
+    path = tmp_path / "w.safetensors"
+    save_tensors(path, {"a": torch.arange(6, dtype=torch.float32), "b": torch.ones(2, dtype=torch.bfloat16)},
+                 metadata={"epoch": "3"})
+    tensors, meta = read_tensors(path)
+    assert meta["epoch"] == "3" and len(meta[CHECKSUM_KEY]) == 64
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(b'"3"') + 1] = ord("7")  # the metadata is covered too: epoch 3 -> 7
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="damaged \\(its tensors do not match the checksum"):
+        load_tensors(path)
+
+
+def test_a_file_without_checksum_loads_unless_one_is_required(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "old.safetensors"))
+    assert load_tensors(tmp_path / "old.safetensors")["a"].tolist() == [0.0, 0.0]
+    with pytest.raises(CheckpointError, match="has no checksum"):
+        load_tensors(tmp_path / "old.safetensors", require_checksum=True)
+    save_tree(tmp_path / "s.safetensors", {"epoch": 1})
+    assert load_tree(tmp_path / "s.safetensors", require_checksum=True) == {"epoch": 1}
+
+
+def test_links_inside_a_run_are_refused_before_writing(tmp_path):
+    from cellnet_core.checkpoint import refuse_links
+
+    run = tmp_path / "run"
+    (run / "decoder").mkdir(parents=True)
+    refuse_links(run)
+    (run / "decoder" / "index.faiss").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(CheckpointError, match="index.faiss: a symbolic link"):
+        refuse_links(run)
