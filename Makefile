@@ -70,10 +70,15 @@ results: $(STAMP)
 ## Wheels of cellnet-core, every plugin and the example plugin into $(DIST) (what a user pip-installs;
 ## tests/test_wheels.py installs only these into a fresh virtual environment). Each is built in an
 ## isolated build environment, as a release would be.
-wheels: | $(STAMP)
+## setuptools' build/ folders are removed before and after: a stale build/lib would put modules
+## deleted from the source into the wheel.
+WHEEL_BUILD_DIRS := build $(addsuffix /build,$(PLUGINS) $(EXAMPLES))
+wheels:
+	@test -f $(STAMP) || $(MAKE) setup
 	@mkdir -p $(DIST)
-	rm -f $(DIST)/*.whl
-	$(BIN)/pip wheel --no-deps --progress-bar off -q -w $(DIST) . $(PLUGINS) $(EXAMPLES)
+	rm -rf $(DIST)/*.whl $(WHEEL_BUILD_DIRS)
+	$(BIN)/pip wheel --no-deps --progress-bar off -w $(DIST) . $(PLUGINS) $(EXAMPLES)
+	@rm -rf $(WHEEL_BUILD_DIRS)
 	@ls $(DIST)/*.whl
 
 clean:

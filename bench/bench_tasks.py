@@ -44,10 +44,10 @@ VARIANTS: dict[str, tuple[dict, dict, str, str | None]] = {
                         "blocks of hidden 5: the lattice cell's parameter count (baseline)", None),
     "grid-readout": (GRID, {**LATTICE, "steps": 0}, "same grid, lattice steps 0: only the readout learns "
                      "(ablation)", None),
-    "grid-lattice-big": (GRID, {**LATTICE, "cell": {"name": "nca", "hidden": 128}}, "grid → NCA lattice with a "
-                         "cell 8× larger (hidden 128)", "grid-conv-big"),
-    "grid-conv-big": (GRID, {"name": "conv-grid", "hidden": 112, "layers": 2}, "grid → conv blocks of the big "
-                      "cell's size (baseline)", None),
+    "grid-lattice-big": (GRID, {**LATTICE, "cell": {"name": "nca", "hidden": 200}}, "grid → NCA lattice with a "
+                         "cell 10× larger (hidden 200)", "grid-conv-big"),
+    "grid-conv-big": (GRID, {"name": "conv-grid", "hidden": 52, "layers": 2}, "grid → 2 residual 2D conv "
+                      "blocks of hidden 52: the big cell's parameter count (baseline)", None),
     "faces-lattice": (FACES, LATTICE, "q on face z=0, candidate on z=3 (exact placement, no adapter "
                       "parameters) → NCA lattice, 4 steps (≥ depth 3)", "pair-mlp"),
     "faces-short": (FACES, {**LATTICE, "steps": 2}, "same, 2 steps: below the depth, the faces cannot meet "

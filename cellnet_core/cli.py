@@ -57,8 +57,12 @@ def cmd_plugins(args) -> int:
     if args.json:
         _print({"plugins": rows, "warnings": pm.report.warnings}, True)
         return 0
-    for r in rows:
-        status = f"FAILED: {r['error']}" if r["error"] else ", ".join(r["provides"]) or "(nothing registered)"
+    for r, info in zip(rows, pm.report.plugins):
+        status = f"FAILED: {r['error']}" if r["error"] else ", ".join(r["provides"]) or (
+            "hooks: " + ", ".join(h for h in info.hooks if not h.startswith("cellnet_register_"))
+            if any(not h.startswith("cellnet_register_") for h in info.hooks) else "(nothing registered)")
+        if r["problems"]:  # parts refused at registration; the warnings below say why
+            status += f"  [refused: {', '.join(q.split(': ', 1)[0] for q in r['problems'])}]"
         print(f"{r['name']:<12} {r['distribution'] or '-':<28} {r['version'] or '-':<8} {status}")
     for w in pm.report.warnings:
         print(f"warning: {w}")

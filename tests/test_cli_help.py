@@ -59,7 +59,7 @@ def test_components_fields_lists_type_default_and_description(capsys):
     out = capsys.readouterr().out
     assert out.startswith("core 'lattice'")
     assert "  steps: int = 8\n      lattice steps T" in out
-    assert "  cell: one of: mlp|gmlp|nca = " in out and "plasticity.rule: none|hebbian|bcm = none" in out
+    assert "  cell: mapping = " in out and "built in: mlp, gmlp, nca" in out and "plasticity.rule: none|hebbian|bcm = none" in out
     assert main(["components", "nearest", "--fields", "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["kind"] == "decoder" and row["fields"] == [

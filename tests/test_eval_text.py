@@ -139,7 +139,11 @@ def test_table_shows_the_text_beside_the_embedding_metrics(nearest_run, capsys):
 
 def test_dump_has_one_row_per_question(nearest_run, tmp_path, capsys):
     dump = tmp_path / "out" / "eval.jsonl"
-    assert main(["eval", str(nearest_run), "--baselines", "identity,mean", "--dump", str(dump), "-k", "3"]) == 0
+    argv = ["eval", str(nearest_run), "--baselines", "identity,mean", "--dump", str(dump), "-k", "3"]
+    assert main(argv) == 2  # a folder that does not exist is refused before any work, not created
+    assert "(create it first)" in capsys.readouterr().err
+    dump.parent.mkdir()
+    assert main(argv) == 0
     assert f"wrote 4 rows (one per question) to {dump}" in capsys.readouterr().err
     rows = [json.loads(line) for line in dump.read_text(encoding="utf-8").splitlines()]
     out = _json(capsys, str(nearest_run), "--baselines", "identity,mean")

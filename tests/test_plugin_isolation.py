@@ -366,13 +366,30 @@ _DUP = ("from cellnet_core import hookimpl\nfrom cellnet_core.builtin.configs im
         f"    registry.add('decoder', 'nearest', NearestDecoderConfig, '{_BUILD}')\n")
 
 
+_HOOKS = {
+    "fakeplug_args": "@hookimpl\ndef cellnet_register_components(registy):\n    pass\n",
+    "fakeplug_plain": ("class Plain:\n    name = 'plain'\n@hookimpl\ndef cellnet_register_components(registry):\n"
+                       f"    registry.add('decoder', 'plain', Plain, '{_BUILD}')\n"),
+    "fakeplug_midway": ("@hookimpl\ndef cellnet_register_components(registry):\n"
+                        f"    registry.add('decoder', 'nearest-too', Plain, '{_BUILD}')\n    raise KeyError('x')\n"),
+    "fakeplug_typo": "@hookimpl\ndef cellnet_register_component(registry):\n    pass\n",
+    "fakeplug_observer": ("@hookimpl\ndef cellnet_on_epoch_end(run_dir, epoch, metrics):\n    raise OSError('disk full')\n"
+                          "@hookimpl\ndef cellnet_on_train_end(run_dir, result):\n    raise OSError('disk full')\n"),
+    "fakeplug_junk": "@hookimpl\ndef cellnet_eval_baselines():\n    return [object(), None]\n",
+}
+
+
 @pytest.fixture
 def broken_plugins(fake_distribution):
-    """Three installed plugins, each broken another way."""
+    """Installed plugins, each broken another way."""
     fake_distribution("fakeplug-dup", {"fakedup": "fakeplug_dup"}, {"fakeplug_dup.py": _DUP})
     fake_distribution("fakeplug-exit", {"fakeexit": "fakeplug_exit"}, {"fakeplug_exit.py": "raise SystemExit(2)\n"})
     old = fake_distribution("fakeplug-old", {"fakeold": "fakeplug_old"}, {"fakeplug_old.py": _PLUG}, version="3.0")
     _requires(old, "fakeplug-old", "cellnet-core>=3")
+    head = "from cellnet_core import hookimpl\nclass Plain:\n    name = 'plain'\n"
+    for module, src in _HOOKS.items():
+        dist = module.replace("_", "-")
+        fake_distribution(dist, {module.split("_")[1]: module}, {f"{module}.py": head + src})
 
 
 def test_cellnet_plugins_shows_each_failure_and_exits_0(broken_plugins, capsys):
@@ -389,6 +406,13 @@ def test_cellnet_plugins_shows_each_failure_and_exits_0(broken_plugins, capsys):
     assert rows["fakedup"]["error"] is None and rows["fakedup"]["problems"] == [
         "decoder 'nearest': already registered by plugin 'builtin', which keeps it"]
     assert rows["fakeexit"]["error"] and rows["lattice"]["error"] is None
+    assert rows["args"]["error"].startswith("hook cellnet_register_components(registy) declares 'registy'")
+    assert rows["plain"]["error"] is None and rows["plain"]["problems"][0].startswith(
+        "decoder 'plain': its config Plain is not a cellnet_core.config.ComponentConfig subclass")
+    assert rows["midway"]["error"] == ("cellnet_register_components raised KeyError: 'x' "
+                                       "(1 part(s) it had added are not kept)")
+    assert rows["typo"]["error"] is None and rows["typo"]["provides"] == []
+    assert rows["observer"]["error"] is None and rows["junk"]["error"] is None
 
 
 def test_validate_train_and_ask_work_beside_broken_plugins(broken_plugins, tmp_path, capsys):
@@ -398,8 +422,13 @@ def test_validate_train_and_ask_work_beside_broken_plugins(broken_plugins, tmp_p
     cfg.write_text(GREETINGS_CONFIG)
     assert main(["validate", str(cfg)]) == 0
     assert main(["train", str(cfg), "--run-dir", str(tmp_path / "run")]) == 0
-    capsys.readouterr()
+    err = capsys.readouterr().err
+    assert "warning: plugin 'observer': cellnet_on_train_end raised OSError: disk full; training goes on" in err
     assert main(["ask", str(tmp_path / "run"), "hello there"]) == 0
     captured = capsys.readouterr()
-    assert captured.out.strip()
+    assert captured.out.startswith("Q: hello there")
     assert "plugin 'fakeexit' failed to load" in captured.err
+    assert main(["eval", str(tmp_path / "run"), "--no-text"]) == 0
+    captured = capsys.readouterr()
+    assert "identity" in captured.out and "ridge" in captured.out
+    assert "warning: plugin 'junk': cellnet_eval_baselines returned <object object at" in captured.err

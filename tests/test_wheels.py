@@ -15,6 +15,7 @@ import shlex
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,16 @@ def test_only_the_wheels_in_a_fresh_virtual_environment(tmp_path):
     built = {w.name.split("-")[0] for w in wheels}
     assert built == _distributions(), f"wheels built: {sorted(built)}"
     assert "cellnet_example_plugin" in built
+    for wheel in wheels:  # the files each package reads besides its modules travel with it
+        with zipfile.ZipFile(wheel) as zf:
+            names = zf.namelist()
+        package = wheel.name.split("-")[0]
+        assert any(n.endswith("/py.typed") for n in names), f"{wheel.name} lacks py.typed"
+        assert not any("/tests/" in n or n.startswith("tests/") for n in names), f"{wheel.name} holds tests"
+        if package == "cellnet_datasets":
+            assert {f"cellnet_datasets/data/squad/{f}" for f in ("dev-v1.1.json.gz", "LICENSE")} <= set(names)
+        if package == "cellnet_serve":
+            assert "cellnet_serve/static/index.html" in names
 
     venv = tmp_path / "venv"
     base = getattr(sys, "_base_executable", None) or sys.executable

@@ -66,7 +66,7 @@ def test_damaged_cache_file_is_detected_warned_and_recomputed(raw, tmp_path):
     shards[0].write_bytes(data[: len(data) // 2])  # truncated, as by a crash or a full disk
     fresh = CachedEncoder(raw, tmp_path / "cache")
     calls = raw.forward_calls
-    with pytest.warns(UserWarning, match=r"embedding cache: .*\.safetensors is damaged .*will recompute"):
+    with pytest.warns(UserWarning, match=r"embedding cache: .*\.safetensors is damaged .*discarded, its texts will be computed again"):
         out = fresh.encode(TEXTS[:20])
     assert raw.forward_calls > calls and fresh.calls == 1
     torch.testing.assert_close(out, good, atol=2e-5, rtol=1e-4)
