@@ -89,3 +89,24 @@ def test_trial_config_drops_fields_the_new_part_does_not_take(tiny_dir, plugins)
     # a path the sweep sets is never dropped: a typo there stays an error
     with pytest.raises(ConfigError, match="core.cell.hiddn"):
         fit_config(plugins.registry, trial_config(base, {"core.cell.hiddn": 3}), protect={"core.cell.hiddn": 0})
+
+
+def test_an_unknown_final_baseline_is_refused_before_any_trial(tiny_dir, plugins):
+    from cellnet_sweep.sweep import load_sweep
+
+    p = _sweep(tiny_dir, "space:\n  core.steps: [1, 2]\nfinal: {baselines: [identity, bogus]}\n")
+    with pytest.raises(ConfigError, match=r"s\.yaml: final\.baselines: unknown 'bogus'; available: .*identity.*ridge"):
+        load_sweep(p, plugins=plugins)
+    assert not (tiny_dir / "sweeps").exists()  # nothing created
+
+
+def test_the_example_sweep_files_load(plugins):
+    from pathlib import Path
+
+    from cellnet_sweep.sweep import load_sweep
+
+    files = sorted((Path(__file__).resolve().parents[3] / "sweeps").glob("*.yaml"))
+    assert files, "the repository ships example sweep files in sweeps/"
+    for f in files:
+        s = load_sweep(f, plugins=plugins, directory=Path("unused"))
+        assert s.trials >= 1 and s.spec.space

@@ -30,6 +30,7 @@ CARD_EXAMPLES = "  cellnet card runs/demo\n  cellnet card runs/demo --stdout"
 
 
 def configure_sweep(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``cellnet sweep``: the sweep file, ``--workers``, ``--storage``, ``--dir``, ``--json``."""
     p.add_argument("sweep_file", metavar="SWEEP.yaml", help="the sweep file (docs/sweeps.md)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="local processes on the study (default 1)")
     p.add_argument("--storage", default=None, metavar="URL",
@@ -39,6 +40,7 @@ def configure_sweep(p: argparse.ArgumentParser) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
+    """Run (or continue) the sweep and print its trials table and best trial (or the summary as JSON)."""
     from cellnet_sweep.sweep import load_sweep, run_sweep as _run
 
     if args.workers < 1:
@@ -58,6 +60,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def configure_compare(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``cellnet compare``: run directories, ``--json``, ``--plot``, ``--metric``."""
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the runs' validation curves to this PNG")
@@ -65,6 +68,7 @@ def configure_compare(p: argparse.ArgumentParser) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    """Print how the runs differ (config keys, metrics) and optionally plot their validation curves."""
     from cellnet_sweep.compare import compare, format_compare, plot_curves
 
     result = compare(args.runs, metric=args.metric)
@@ -80,11 +84,13 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def configure_card(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``cellnet card``: the run directory and ``--stdout``."""
     p.add_argument("run_dir", metavar="RUN", help="a run directory made by 'cellnet train'")
     p.add_argument("--stdout", action="store_true", help="print the card instead of writing RUN/README.md")
 
 
 def run_card(args: argparse.Namespace) -> int:
+    """Check the run directory, then write its model card to ``RUN/README.md`` (or print it)."""
     from cellnet_core.api import check_run_dir, load_plugins
 
     from cellnet_sweep.card import render, write_card

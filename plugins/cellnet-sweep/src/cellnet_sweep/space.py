@@ -295,5 +295,6 @@ def grid_space(sweep: SweepFile) -> dict[str, list[Any]]:
 
 
 def all_grid_points(sweep: SweepFile) -> list[dict[str, Any]]:
+    """Every point of the sweep's grid, as ``{dotted path: value}``, in a fixed order."""
     space = grid_space(sweep)
     return [dict(zip(space, combo)) for combo in itertools.product(*space.values())]

@@ -78,20 +78,24 @@ class Sweep:
 
     @property
     def name(self) -> str:
+        """The study's name: ``name`` in the sweep file, else the file's stem."""
         return self.spec.name or self.path.stem
 
     @property
     def trials(self) -> int:
+        """How many trials the study runs: ``trials`` in the file, else the grid's size (grid) or 20."""
         if self.spec.trials is not None:
             return self.spec.trials
         return grid_size(self.spec) if self.spec.sampler == "grid" else 20
 
     @property
     def base_seed(self) -> int:
+        """The base config's ``seed`` (0 when unset); a trial's seeds count up from it."""
         return int(self.base.get("seed", 0) or 0)
 
     @property
     def epochs(self) -> int:
+        """The base config's ``training.epochs`` (0 when unset): the pruner's last step."""
         return int((self.base.get("training") or {}).get("epochs", 0) or 0)
 
 
@@ -111,6 +115,17 @@ def load_sweep(path: str | Path, *, storage: str | None = None, directory: str |
     spec = read_sweep(path)
     plugins = plugins or load_plugins()
     base = check_space(spec, path, plugins.registry)
+    if spec.final.enabled and spec.final.baselines:
+        # the final test would refuse an unknown baseline only after every trial: refuse it now
+        from types import SimpleNamespace
+
+        from cellnet_core.api import check_baselines
+
+        try:
+            check_baselines(SimpleNamespace(eval=SimpleNamespace(baselines=spec.final.baselines)), plugins.manager,
+                            str(path))
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace(": eval.baselines:", ": final.baselines:", 1)) from None
     d = Path(directory) if directory else default_dir(path)
     url = storage or f"sqlite:///{(d / 'study.db').resolve()}"
     if "://" not in url:
@@ -281,6 +296,7 @@ def objective(sweep: Sweep, trial: Any) -> float:
 
 
 def counts(study: Any) -> dict[str, int]:
+    """How many of the study's trials are done (complete or pruned), running, waiting and failed."""
     from optuna.trial import TrialState
 
     out = {"done": 0, "running": 0, "waiting": 0, "failed": 0}

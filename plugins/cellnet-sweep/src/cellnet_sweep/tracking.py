@@ -106,6 +106,7 @@ def eval_markdown(result: dict[str, Any]) -> str:
 
 
 def read_state(run_dir: Path) -> dict[str, Any]:
+    """What the run's trackers kept at start (``tracking.json``); empty when missing or unreadable."""
     try:
         return json.loads((Path(run_dir) / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -113,6 +114,7 @@ def read_state(run_dir: Path) -> dict[str, Any]:
 
 
 def write_state(run_dir: Path, state: dict[str, Any]) -> None:
+    """Write the trackers' state to the run's ``tracking.json`` in one step."""
     from cellnet_core.checkpoint import atomic_write_text
 
     atomic_write_text(Path(run_dir) / STATE_FILE, json.dumps(state, indent=1, sort_keys=True) + "\n")
@@ -149,6 +151,9 @@ class Tracker:
 
 
 class TensorBoardTracker(Tracker):
+    """Writes the config, per-epoch scalars, final metrics, the curves image and test tables as
+    TensorBoard events (in ``RUN/tensorboard`` unless ``log_dir`` is set)."""
+
     name = "tensorboard"
 
     def __init__(self, cfg: TensorBoardConfig):
@@ -166,6 +171,7 @@ class TensorBoardTracker(Tracker):
         return SummaryWriter(log_dir=str(self.log_dir))
 
     def start(self, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+        """Log the flattened config as text; return where the events go."""
         self.log_dir = self._dir(Path(run_dir).resolve())
         table = "| key | value |\n|---|---|\n" + "".join(f"| {k} | {json.dumps(v)} |\n" for k, v in config.items())
         with self._writer() as w:
@@ -174,11 +180,13 @@ class TensorBoardTracker(Tracker):
         return {"log_dir": str(Path(self.cfg.log_dir).resolve()) if self.cfg.log_dir else None}
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Add each epoch metric as a scalar at step ``epoch``."""
         with self._writer() as w:
             for k, v in metrics.items():
                 w.add_scalar(_tb_tag(k), v, epoch)
 
     def finish(self, run_dir: Path, metrics: dict[str, float], curves: Path | None) -> None:
+        """Log the final metrics (table and scalars) and the training-curves image in the saved run."""
         self.log_dir = self._dir(Path(run_dir).resolve())
         with self._writer() as w:
             w.add_text("final", "| metric | value |\n|---|---:|\n"
@@ -189,6 +197,7 @@ class TensorBoardTracker(Tracker):
                 _tb_image(w, "training_curves", curves)
 
     def log_eval(self, run_dir: Path, state: dict[str, Any], result: dict[str, Any]) -> None:
+        """Log the test table and each test metric as ``test/<row>/<metric>`` scalars."""
         from torch.utils.tensorboard import SummaryWriter
 
         log_dir = Path(state["log_dir"]).resolve() if state.get("log_dir") else Path(run_dir) / "tensorboard"
@@ -226,6 +235,9 @@ def default_tracking_uri() -> str:
 
 
 class MLflowTracker(Tracker):
+    """Logs the run to MLflow (``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``./mlruns``): params,
+    metrics per epoch, final metrics, and the curves and test tables as artifacts."""
+
     name = "mlflow"
 
     def __init__(self, cfg: MLflowConfig):
@@ -243,6 +255,7 @@ class MLflowTracker(Tracker):
         return MlflowClient(tracking_uri=uri)
 
     def start(self, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+        """Create the MLflow run under the experiment and log the config as params; return the run's id and URI."""
         from mlflow.entities import Param
 
         uri = self.cfg.tracking_uri or default_tracking_uri()
@@ -259,6 +272,7 @@ class MLflowTracker(Tracker):
         return {"tracking_uri": uri, "run_id": self.run_id}
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Log the epoch's metrics with ``epoch`` as the step."""
         import time
 
         from mlflow.entities import Metric
@@ -267,6 +281,7 @@ class MLflowTracker(Tracker):
         self.client.log_batch(self.run_id, metrics=[Metric(_mlflow_key(k), v, now, epoch) for k, v in metrics.items()])
 
     def finish(self, run_dir: Path, metrics: dict[str, float], curves: Path | None) -> None:
+        """Log the final metrics and the curves image, then mark the MLflow run finished."""
         if self.client is None:
             return
         for k, v in metrics.items():
@@ -278,6 +293,7 @@ class MLflowTracker(Tracker):
         self.client.set_terminated(self.run_id)
 
     def log_eval(self, run_dir: Path, state: dict[str, Any], result: dict[str, Any]) -> None:
+        """Log the test metrics and tables (``eval.md``, ``eval.json``) to the run's MLflow run."""
         if not state.get("run_id"):
             return
         client = self._client(state["tracking_uri"])
@@ -291,27 +307,34 @@ class MLflowTracker(Tracker):
 
 
 class CSVTracker(Tracker):
+    """Writes plain CSV files in the run: ``config.csv``, ``epochs.csv``, ``final.csv``, ``eval.csv``
+    (needs no extra package)."""
+
     name = "csv"
 
     def __init__(self, cfg: CSVConfig):
         self.cfg, self.rows, self.dir = cfg, [], None
 
     def start(self, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+        """Create the CSV folder and write ``config.csv``."""
         self.dir = Path(run_dir) / self.cfg.folder
         self.dir.mkdir(parents=True, exist_ok=True)
         _write_csv(self.dir / "config.csv", [{"key": k, "value": json.dumps(v)} for k, v in config.items()])
         return {"folder": self.cfg.folder}
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Append the epoch's row and rewrite ``epochs.csv``."""
         self.rows.append({"epoch": epoch, **metrics})
         _write_csv(self.dir / "epochs.csv", self.rows)
 
     def finish(self, run_dir: Path, metrics: dict[str, float], curves: Path | None) -> None:
+        """Write the final metrics to ``final.csv`` in the saved run."""
         folder = Path(run_dir) / self.cfg.folder
         folder.mkdir(parents=True, exist_ok=True)
         _write_csv(folder / "final.csv", [{"metric": k, "value": v} for k, v in metrics.items()])
 
     def log_eval(self, run_dir: Path, state: dict[str, Any], result: dict[str, Any]) -> None:
+        """Write the test table's rows to ``eval.csv``."""
         folder = Path(run_dir) / state.get("folder", self.cfg.folder)
         folder.mkdir(parents=True, exist_ok=True)
         _write_csv(folder / "eval.csv", eval_rows(result))
@@ -331,14 +354,17 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def build_tensorboard(cfg: TensorBoardConfig, ctx: Any = None) -> TensorBoardTracker:
+    """Build the ``tracker:tensorboard`` component."""
     return TensorBoardTracker(cfg)
 
 
 def build_mlflow(cfg: MLflowConfig, ctx: Any = None) -> MLflowTracker:
+    """Build the ``tracker:mlflow`` component."""
     return MLflowTracker(cfg)
 
 
 def build_csv(cfg: CSVConfig, ctx: Any = None) -> CSVTracker:
+    """Build the ``tracker:csv`` component."""
     return CSVTracker(cfg)
 
 
@@ -386,12 +412,14 @@ class Observer:
         return trackers
 
     def epoch_end(self, run_dir: str, epoch: int, metrics: dict[str, float]) -> None:
+        """Feed one epoch's numeric metrics to the run's trackers (built at its first epoch)."""
         trackers = self._trackers(Path(run_dir))
         values = numeric(metrics)
         for t in trackers:
             t.log_epoch(epoch, values)
 
     def train_end(self, run_dir: str, result: Any) -> None:
+        """The run is saved: give its trackers the final metrics and curves, then forget them."""
         from cellnet_core.run import partial_dir
 
         target = Path(run_dir)
@@ -408,6 +436,7 @@ class Observer:
             t.finish(target, metrics, curves if curves.exists() else None)
 
     def eval_end(self, run_dir: str, result: dict[str, Any]) -> None:
+        """``cellnet eval`` measured a saved run: hand the result to each tracker its config names."""
         from cellnet_core.config import read_yaml
 
         run = Path(run_dir)

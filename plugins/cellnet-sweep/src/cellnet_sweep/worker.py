@@ -11,6 +11,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run trials of the sweep's shared study as worker ``--index``; exit 2 with one line on a user error."""
     p = argparse.ArgumentParser(prog="python -m cellnet_sweep.worker")
     p.add_argument("sweep")
     p.add_argument("--storage", required=True)
