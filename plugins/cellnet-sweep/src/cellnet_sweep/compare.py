@@ -71,6 +71,10 @@ def _cell(v: Any) -> str:
     if v is None:
         return "–"
     if isinstance(v, float):
+        if v.is_integer() and abs(v) < 1e15:
+            return str(int(v))
+        if abs(v) >= 10:  # seconds and counts: four decimals say nothing
+            return f"{v:.1f}"
         return f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3g}"
     if isinstance(v, (list, dict)):
         return json.dumps(v)
