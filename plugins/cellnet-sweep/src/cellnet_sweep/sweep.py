@@ -275,7 +275,7 @@ def objective(sweep: Sweep, trial: Any) -> float:
                 raise optuna.TrialPruned() from None
             finally:
                 WATCHED.pop(watch_key, None)
-            seconds += time.perf_counter() - t0
+                seconds += time.perf_counter() - t0  # a pruned run's time counts too
             metrics = (pipe.train_info or {}).get("metrics") or {}
             if spec.metric not in metrics:
                 raise ConfigError(f"{sweep.path}: metric: '{spec.metric}' is not among the run's validation "
@@ -422,7 +422,8 @@ def markdown_table(rows: list[dict[str, Any]], metric: str, direction: str) -> s
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" if c not in ("state", "note") else "---"
                                                          for c in cols) + "|"]
     for r in order:
-        lines.append("| " + " | ".join(_fmt(r[c]).replace("|", "/") for c in cols) + " |")
+        lines.append("| " + " | ".join((f"{r[c]:.1f}" if c == "seconds" and isinstance(r[c], (int, float))
+                                         else _fmt(r[c])).replace("|", "/") for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
