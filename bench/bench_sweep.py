@@ -1,6 +1,6 @@
 """Sweep of the default task with cellnet sweep (Optuna TPE), and the speed of two local workers.
 
-    python bench/bench_sweep.py [--trials 20] [--seeds 3] [--epochs 2] [--work sweeps/bench]
+    python bench/bench_sweep.py [--trials 20] [--seeds 3] [--epochs 6] [--work sweeps/bench]
                                 [--out docs/results/sweep.md] [--skip-main] [--skip-workers]
 
 1. The default config (configs/default.yaml: MiniLM → surface reshaper → NCA lattice → phrase bank,
@@ -32,9 +32,9 @@ encoder: {name: hashing, dim: 64}
 reshaper: {name: surface, shape: [8, 8, 4], channels: 4}
 core: {name: lattice, cell: {name: nca, hidden: 16}, steps: 4}
 decoder: {name: nearest}
-training: {name: dialogue, epochs: 60, batch_size: 8, plots: false, early_stopping: 0}
+training: {name: dialogue, epochs: 300, batch_size: 8, plots: false, early_stopping: 0}
 """
-#: trials of a few seconds each (60 epochs of the small greetings data): long enough that starting
+#: trials of several seconds each (300 epochs of the small greetings data): long enough that starting
 #: a worker process (imports, plugins) does not dominate the comparison
 
 
@@ -53,7 +53,7 @@ def main_sweep(args, work: Path) -> dict:
             "training.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
         },
         "sampler": "tpe", "trials": args.trials, "seeds": args.seeds, "metric": "val_mrr",
-        "pruner": "median", "pruner_startup_trials": 5, "pruner_warmup_epochs": 1,
+        "pruner": "median", "pruner_startup_trials": 5, "pruner_warmup_epochs": 3,
         "final": {"baselines": ["identity", "mean", "ridge", "mlp"]},
     }
     work.mkdir(parents=True, exist_ok=True)
@@ -109,10 +109,11 @@ def write_fragment(args, main: dict | None, ratio: dict | None, work: Path) -> N
             f"`bench/bench_sweep.py`: the default config searched over `core.steps` (2–10), `core.cell.name` "
             f"(nca, mlp, gmlp) and `training.lr` (1e-4–1e-2, log) with TPE, {s['seeds']} seeds per trial "
             f"(the objective is the mean validation MRR; the test split is not looked at), the median pruner "
-            f"after the first epoch of each run, {s['trials']} trials. Per-trial budget: the default config "
+            f"(after 5 finished trials, never before epoch 3 of a run), {s['trials']} trials. Per-trial budget: "
+            f"the default config "
             f"with `training.epochs={args.epochs}` (the default trains 12), `early_stopping: 0`, no plots; "
             f"everything else as in configs/default.yaml (phrase bank decoder). Whole sweep: "
-            f"{s['wall_seconds'] / 60:.1f} min wall on this machine (2 shared CPU cores); "
+            f"{s['wall_seconds'] / 60:.1f} min wall on this machine (2 CPU cores); "
             f"{s['complete']} trials complete, {s['pruned']} pruned, {s['failed']} failed.", ""]
         if s.get("best"):
             b = s["best"]
@@ -132,7 +133,7 @@ def write_fragment(args, main: dict | None, ratio: dict | None, work: Path) -> N
         r = ratio
         lines += ["### Two local workers vs one", "",
                   "A 6-point grid (`core.steps` × `training.lr`, one seed; hashing teacher, built-in greetings "
-                  "data, an 8×8×4 lattice, 60 epochs per run: a few seconds per trial), a fresh study each time:", "",
+                  "data, an 8×8×4 lattice, 300 epochs per run: several seconds per trial), a fresh study each time:", "",
                   "| workers | wall s | finished trials | distinct grid points | processes that ran trials |",
                   "|---:|---:|---:|---:|---:|"]
         for n in (1, 2):
@@ -152,7 +153,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--work", default="sweeps/bench")
     p.add_argument("--out", default=str(ROOT / "docs" / "results" / "sweep.md"))
     p.add_argument("--skip-main", action="store_true")

@@ -32,7 +32,7 @@ def sweep_plots(study: Any, directory: Path, metric: str, name: str) -> dict[str
     out: dict[str, str] = {}
     plots = {
         "history.png": (lambda: ov.plot_optimization_history(study, target_name=f"mean {metric}"),
-                        f"{name}: mean {metric} per trial (best so far as a line)"),
+                        f"{name}: mean {metric} of each finished trial (best so far as a line; pruned ones left out)"),
         "importances.png": (lambda: ov.plot_param_importances(study, target_name=f"mean {metric}"),
                             f"{name}: parameter importances for mean {metric} (fANOVA)"),
         "parallel.png": (lambda: ov.plot_parallel_coordinate(study, target_name=f"mean {metric}"),
@@ -47,9 +47,16 @@ def sweep_plots(study: Any, directory: Path, metric: str, name: str) -> dict[str
             with plt.rc_context({"figure.figsize": (9, 4.8), "font.size": 10}):
                 ax = make()
                 fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+                for loc in ("left", "right"):  # Optuna's own titles would sit on top of ours
+                    ax.set_title("", loc=loc)
+                if getattr(fig, "_suptitle", None) is not None:
+                    fig._suptitle.set_text("")
                 ax.set_title(title, fontsize=11)
                 if fname == "history.png":
+                    from matplotlib.ticker import MaxNLocator
+
                     ax.set_xlabel("trial")
+                    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 _save(fig, directory / fname)
                 plt.close(fig)
             out[fname] = str(directory / fname)
