@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import re
 from importlib import metadata
 from pathlib import Path
 
@@ -45,6 +46,15 @@ def header() -> str:
     )
 
 
+#: a relative link or image target in a fragment (not a URL, an absolute path or an anchor)
+_LINK = re.compile(r"(\]\()(?![a-z]+:|/|#)([^)\s]+)")
+
+
+def rebase(text: str) -> str:
+    """The fragment's relative links, made relative to docs/ (where RESULTS.md is) instead of docs/results/."""
+    return _LINK.sub(lambda m: m.group(1) + "results/" + m.group(2), text)
+
+
 def main() -> None:
     frag_dir = ROOT / "docs" / "results"
     frags = {p.stem: p for p in frag_dir.glob("*.md")}
@@ -53,7 +63,7 @@ def main() -> None:
     if names:
         parts.append("## Contents\n\n" + "\n".join(f"- [{n}](#{n})" for n in names) + "\n")
     for n in names:
-        parts.append(f'<a id="{n}"></a>\n\n' + frags[n].read_text(encoding="utf-8").strip() + "\n")
+        parts.append(f'<a id="{n}"></a>\n\n' + rebase(frags[n].read_text(encoding="utf-8").strip()) + "\n")
     if not names:
         parts.append("_No benchmark has been run yet: `make bench`._\n")
     (ROOT / "docs" / "RESULTS.md").write_text("\n".join(parts), encoding="utf-8")
