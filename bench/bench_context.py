@@ -254,8 +254,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="append this invocation's tables to --out instead of replacing it")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "context.md"))
     ap.add_argument("--json", default=None, help="also write every run's numbers here")
+    ap.add_argument("--quick", action="store_true", help="1 seed, 2 epochs (a smoke run of the whole script)")
     raw = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(raw)
+    if args.quick:
+        args.seeds, args.epochs = 1, 2
 
     import torch
 

@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", default=None, help="where the training run writes (default: a temporary folder)")
     ap.add_argument("--rows-out", default=None, help="also write every validation question's answers and scores "
                                                      "(JSON) to this file")
+    ap.add_argument("--quick", action="store_true", help="2 training epochs, 5 timed questions (a smoke run)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.set = [*args.set, "training.epochs=2"]
+        args.time_questions = min(args.time_questions, 5)
 
     import tempfile
 

@@ -159,7 +159,10 @@ def main() -> int:
     p.add_argument("--skip-main", action="store_true")
     p.add_argument("--skip-workers", action="store_true")
     p.add_argument("--append", action="store_true")
+    p.add_argument("--quick", action="store_true", help="4 trials, 1 seed, 2 epochs (a smoke run of the whole script)")
     args = p.parse_args()
+    if args.quick:
+        args.trials, args.seeds, args.epochs = 4, 1, 2
     work = Path(args.work)
     ratio = None if args.skip_workers else workers_ratio(work / "workers")
     if ratio is not None:

@@ -309,3 +309,20 @@ def test_build_parser_takes_a_plugin_manager_with_an_in_process_plugin(tmp_plugi
         assert args.func(args) == 0 and capsys.readouterr().out == "pong pong \n"
         assert "command:ping" in next(p for p in pm.report.plugins if p.name == "inline").provides
         assert "viz" not in _subparsers(parser)  # autoload off: only what this manager holds
+
+
+def test_every_bench_script_takes_quick():
+    """``cellnet bench --quick`` passes ``--quick`` to every ``bench/bench_*.py``: each must accept it."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "bench"
+    scripts = sorted(root.glob("bench_*.py"))
+    assert scripts
+    missing = []
+    for s in scripts:
+        calls = [n for n in ast.walk(ast.parse(s.read_text(encoding="utf-8")))
+                 if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "add_argument"]
+        if not any(c.args and isinstance(c.args[0], ast.Constant) and c.args[0].value == "--quick" for c in calls):
+            missing.append(s.name)
+    assert not missing, f"no --quick option: {missing}"
