@@ -67,7 +67,8 @@ DIALOGUE = {"bi-lattice", "bi-mlp"}
 QUICK = ["grid-lattice", "grid-conv", "pair-mlp"]
 
 
-def _config(reg, reshaper: dict, core: dict, train_cfg: dict, limit: int | None, dialogue: bool = False):
+def _config(reg, reshaper: dict, core: dict, train_cfg: dict, limit: int | None, dialogue: bool = False,
+            seed: int = 0):
     from cellnet_core.config import validate_run_config
 
     if dialogue:  # same epochs and early stopping; the dialogue strategy's own loss and batch
@@ -79,7 +80,7 @@ def _config(reg, reshaper: dict, core: dict, train_cfg: dict, limit: int | None,
         training = {"name": "listwise", "fit_decoder": False, "max_train_questions": limit, **train_cfg}
         data = {"name": "squad"}
     return validate_run_config(reg, {
-        "schema_version": 1, "seed": 0, "device": "cpu", "data": data, "encoder": {"name": "minilm"},
+        "schema_version": 1, "seed": seed, "device": "cpu", "data": data, "encoder": {"name": "minilm"},
         "reshaper": reshaper, "core": core, "decoder": {"name": "phrasebank"}, "training": training},
         source="bench_tasks")
 
@@ -136,7 +137,8 @@ def _bi_mlp(reg, data, lattice_pipe, cfg, seed: int, train_cfg: dict, limit: int
     from cellnet_training.baselines import MLPBaseline
     from cellnet_training.listwise import selection_items
 
-    big = _config(reg, *VARIANTS["bi-lattice"][:2], train_cfg, limit, dialogue=True)
+    # the baseline seeds its own training from the config's seed: each seed its own run
+    big = _config(reg, *VARIANTS["bi-lattice"][:2], train_cfg, limit, dialogue=True, seed=seed)
     ref = __import__("cellnet_core.pipeline", fromlist=["Pipeline"]).Pipeline.build(big, reg)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
