@@ -158,3 +158,23 @@ def test_default_metric_is_map_on_selection_and_mrr_on_pairs(make_run):
 
         _, valset, _ = pair_sets(pipe, data, strategy.cfg)
         assert strategy.cfg.val_metric == "auto" and resolve_val_metric("auto", valset) == want
+
+
+def test_pooled_mrr_ranks_all_answers_on_selection_and_pairs_data(make_run):
+    """``val_metric: pooled_mrr`` follows the pooled ranking on selection data (``pooled_mrr``) and is
+    plain ``mrr`` on pairs data; early stopping and the best epoch follow it."""
+    from cellnet_training.engine import resolve_val_metric
+    from cellnet_training.strategies import pair_sets
+
+    for selection, want in ((True, "pooled_mrr"), (False, "mrr")):
+        pipe, data, strategy, run = make_run({"name": "dialogue", "epochs": 0, "plots": False},
+                                             data={"name": "fake-wordmap", "selection": selection})
+        _, valset, _ = pair_sets(pipe, data, strategy.cfg)
+        assert resolve_val_metric("pooled_mrr", valset) == want
+    pipe, data, strategy, run = make_run({"name": "dialogue", "epochs": 3, "plots": False, "val_metric": "pooled_mrr",
+                                          "early_stopping": 0}, data={"name": "fake-wordmap", "selection": True})
+    ctx = run()
+    strategy.fit(pipe, data, ctx)
+    rows = ctx.read_metrics()
+    scores = [r["val_pooled_mrr"] for r in rows]
+    assert rows[-1]["best_epoch"] == max(range(len(rows)), key=lambda i: (scores[i], -i))

@@ -9,7 +9,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny,
 
 from cellnet_core.config import ComponentConfig, validate_registered
 
-ValMetric = Literal["auto", "map", "mrr", "recall@1", "recall@10", "cosine", "loss"]
+ValMetric = Literal["auto", "map", "mrr", "pooled_mrr", "recall@1", "recall@10", "cosine", "loss"]
 #: objectives that ``mix`` can add beside a strategy's own
 MixName = Literal["autoencoder", "dialogue"]
 
@@ -190,7 +190,9 @@ class OptimisationConfig(ComponentConfig):
         "auto", description="validation metric for early stopping and best checkpoint. On datasets with answer "
                             "selection (selection('val')) map and mrr rank each question's own candidates, as "
                             "'cellnet eval' does; otherwise mrr, recall@1 and recall@10 rank the validation "
-                            "split's pooled answers. auto: map on selection data, mrr otherwise")
+                            "split's pooled answers. pooled_mrr: the pooled ranking on any dataset (on selection "
+                            "data each question against all the split's answers). auto: map on selection data, "
+                            "mrr otherwise")
     early_stopping: int = Field(5, ge=0, le=100000,
                                 description="stop after this many epochs without validation improvement (0: off)")
     restore_best: bool = Field(True, description="end with the weights of the best validation epoch")

@@ -261,6 +261,11 @@ def resolve_val_metric(name: str, val: ValSet | None) -> str:
     pooled = val is not None and val.q.shape[0] > 0
     if name == "auto":
         return "map" if selection else "mrr"
+    if name == "pooled_mrr":
+        if val is not None and not pooled:
+            raise ConfigError("training.val_metric: 'pooled_mrr' needs validation pairs (pairs('val')); this "
+                              "dataset gives answer selection only: use auto, map or mrr")
+        return "pooled_mrr" if selection else "mrr"
     if val is None:
         return name
     if name == "map" and not selection:
