@@ -360,16 +360,23 @@ def check_baselines(config: Any, pm: Any, source: str = "config") -> None:
     """Refuse a config whose ``eval.baselines`` names a baseline no plugin provides (what ``cellnet
     eval`` would reject after training), naming the available ones. The plugins' baselines hook is
     called only for names beyond the core's own (it may import torch)."""
-    names = list(getattr(getattr(config, "eval", None), "baselines", None) or [])
+    check_baseline_names(list(getattr(getattr(config, "eval", None), "baselines", None) or []), pm, source)
+
+
+def check_baseline_names(names: Sequence[str], pm: Any, source: str = "config",
+                         field: str = "eval.baselines") -> None:
+    """Refuse baseline ``names`` (given at ``field``, e.g. a sweep's ``final.baselines``) that no
+    plugin provides, naming the available ones; the baselines hook is called only for names beyond
+    the core's own."""
     if all(n in CORE_BASELINES for n in names):
         return
     try:
-        _baselines(pm, names)
+        _baselines(pm, names, field)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def _baselines(pm: Any, names: Sequence[str]) -> list[Any]:
+def _baselines(pm: Any, names: Sequence[str], field: str = "eval.baselines") -> list[Any]:
     found: dict[str, Any] = {}
     for group in pm.hook.cellnet_eval_baselines():
         for b in group or []:
@@ -377,7 +384,7 @@ def _baselines(pm: Any, names: Sequence[str]) -> list[Any]:
     out = []
     for n in names:
         if n not in found:
-            raise ConfigError(f"eval.baselines: unknown '{n}'; available: {', '.join(sorted(found))}")
+            raise ConfigError(f"{field}: unknown '{n}'; available: {', '.join(sorted(found))}")
         out.append(found[n])
     return out
 

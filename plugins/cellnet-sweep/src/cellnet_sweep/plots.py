@@ -47,10 +47,7 @@ def sweep_plots(study: Any, directory: Path, metric: str, name: str) -> dict[str
             with plt.rc_context({"figure.figsize": (9, 4.8), "font.size": 10}):
                 ax = make()
                 fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
-                for loc in ("left", "right"):  # Optuna's own titles would sit on top of ours
-                    ax.set_title("", loc=loc)
-                if getattr(fig, "_suptitle", None) is not None:
-                    fig._suptitle.set_text("")
+                ax.set_title("", loc="left")  # Optuna's importances title would sit on top of ours
                 ax.set_title(title, fontsize=11)
                 if fname == "history.png":
                     from matplotlib.ticker import MaxNLocator

@@ -117,15 +117,9 @@ def load_sweep(path: str | Path, *, storage: str | None = None, directory: str |
     base = check_space(spec, path, plugins.registry)
     if spec.final.enabled and spec.final.baselines:
         # the final test would refuse an unknown baseline only after every trial: refuse it now
-        from types import SimpleNamespace
+        from cellnet_core.api import check_baseline_names
 
-        from cellnet_core.api import check_baselines
-
-        try:
-            check_baselines(SimpleNamespace(eval=SimpleNamespace(baselines=spec.final.baselines)), plugins.manager,
-                            str(path))
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace(": eval.baselines:", ": final.baselines:", 1)) from None
+        check_baseline_names(spec.final.baselines, plugins.manager, str(path), field="final.baselines")
     d = Path(directory) if directory else default_dir(path)
     url = storage or f"sqlite:///{(d / 'study.db').resolve()}"
     if "://" not in url:

@@ -261,13 +261,8 @@ def resolve_val_metric(name: str, val: ValSet | None) -> str:
     pooled = val is not None and val.q.shape[0] > 0
     if name == "auto":
         return "map" if selection else "mrr"
-    if name == "pooled_mrr":
-        if val is not None and not pooled:
-            raise ConfigError("training.val_metric: 'pooled_mrr' needs validation pairs (pairs('val')); this "
-                              "dataset gives answer selection only: use auto, map or mrr")
-        return "pooled_mrr" if selection else "mrr"
     if val is None:
-        return name
+        return "mrr" if name == "pooled_mrr" else name
     if name == "map" and not selection:
         raise ConfigError("training.val_metric: 'map' ranks each question's own candidates and needs a dataset "
                           "with answer selection (selection('val')); this one has none: use auto, mrr, "
@@ -275,6 +270,8 @@ def resolve_val_metric(name: str, val: ValSet | None) -> str:
     if name != "map" and not (name == "mrr" and selection) and not pooled:
         raise ConfigError(f"training.val_metric: '{name}' needs validation pairs (pairs('val')); this dataset "
                           "gives answer selection only: use auto, map or mrr")
+    if name == "pooled_mrr":  # pooled pairs are there (checked above): pooled_ only beside selection's own mrr
+        return "pooled_mrr" if selection else "mrr"
     if selection and name in _POOLED and name != "mrr":
         return f"pooled_{name}"
     return name
