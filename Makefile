@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow test-all bench results wheels clean
+.PHONY: setup demo test test-slow test-all bench study results wheels clean
 
 setup: $(STAMP)
 
@@ -65,6 +65,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/assemble_results.py
 
 results: $(STAMP)
+	$(BIN)/python bench/assemble_results.py
+
+## The lattice study: every task, every lattice variant beside its baselines, 5 seeds (about 40 min
+## on 2 cores once the embeddings are cached), then docs/RESULTS.md.
+study: $(STAMP)
+	$(BIN)/python bench/study.py
 	$(BIN)/python bench/assemble_results.py
 
 ## Wheels of cellnet-core, every plugin and the example plugin into $(DIST) (what a user pip-installs;

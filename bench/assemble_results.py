@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["tasks", "context", "training", "sweep", "generative", "ret_scaling", "ret_dropout", "hybrid", "prefix_lm", "phrasebank", "serve", "kernels", "lattice", "teachers"]
+ORDER = ["study", "tasks", "tasks_extended", "tasks_2000", "context", "context_tuned", "context_5600", "training", "sweep", "generative", "ret_scaling", "ret_dropout", "hybrid", "prefix_lm", "phrasebank", "serve", "kernels", "lattice", "teachers"]
 
 
 def _version(dist: str) -> str:

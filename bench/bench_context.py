@@ -9,16 +9,22 @@ and early stopping on the validation split's pooled MRR; epoch 0, the untrained 
 - ``context-mlp``: an MLP over the concatenated turns, residual from the last turn (starts at
   ``last-turn``), its hidden width chosen to match the lattice run's parameter count;
 - ``exact-lattice`` (``--variants exact``): ``context-planes`` with ``adapter: exact`` (no adapter
-  parameters: all that is learned is the lattice's) and its equal-size MLP ``exact-mlp``.
+  parameters: all that is learned is the lattice's) and its equal-size MLP ``exact-mlp``;
+- ``last-mlp`` (``--variants last``): the context-mlp's size fed the latest turn alone — what is
+  learned without the earlier turns;
+- ``frozen-``, ``noise-``, ``deep-lattice`` (``--variants tuned``): context-lattice with frozen
+  adapters, with input noise, or with 6 steps and a cell of hidden 32.
 
 Test metric: MRR of each test item's true next turn among the test split's pooled answers (each
 once). Mean ± sd over seeds, and a paired bootstrap of per-item reciprocal ranks (averaged over
 seeds) per comparison.
 
     .venv/bin/python bench/bench_context.py [--seeds 3] [--epochs 8] [--turns 3] [--variants learned,exact]
-                                            [--hidden 16] [--append] [--out docs/results/context.md]
+                                            [--hidden 16] [--max-pairs 56000] [--append]
+                                            [--out docs/results/context.md]
 
-Real MiniLM embeddings (through the on-disk cache; the first run encodes the ~5.8k texts once),
+Real MiniLM embeddings (through the on-disk cache; the first run encodes the 57.5k texts of 56,000 pairs once,
+about 4 minutes on 2 cores),
 real data (chitchat-dataset, whole conversations), CPU threads as given by --threads.
 """
 
@@ -36,7 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-DATA = {"name": "chitchat", "max_pairs": 5600, "val_fraction": 0.1, "test_fraction": 0.2}
+DATA = {"name": "chitchat", "max_pairs": 56000, "val_fraction": 0.1, "test_fraction": 0.2}
 LATTICE = {"name": "lattice", "cell": {"name": "nca", "hidden": 16}, "steps": 3, "neighbourhood": "von-neumann",
            "boundary": "walls", "kernel": "auto"}
 
@@ -49,13 +55,23 @@ def _reshaper(turns: int, adapter: str) -> dict:
     return {"name": "context-planes", "shape": [8, 8, turns], "channels": 6, "slots": turns, "adapter": adapter}
 
 
-def _config(reg, turns: int, adapter: str, train_cfg: dict, seed: int):
+#: ``--variants tuned``: the learned-adapter lattice with one change each (chosen on validation MRR
+#: against context-lattice): name → (training options, core options)
+TUNED: dict[str, tuple[dict, dict]] = {
+    "frozen-lattice": ({"lr_scale": {"reshaper": 0.0}}, {}),
+    "noise-lattice": ({"input_noise": 0.02}, {}),
+    "deep-lattice": ({}, {"steps": 6, "cell": {"name": "nca", "hidden": 32}}),
+}
+
+
+def _config(reg, turns: int, adapter: str, train_cfg: dict, seed: int, core: dict | None = None):
     from cellnet_core.config import validate_run_config
 
     return validate_run_config(reg, {
         "schema_version": 1, "seed": seed, "device": "cpu", "data": {**DATA, "context_turns": turns},
         "encoder": {"name": "minilm"}, "reshaper": _reshaper(turns, adapter),
-        "core": {**LATTICE, "cell": {"name": "nca", "hidden": CELL_HIDDEN[0]}, "steps": max(LATTICE["steps"], turns - 1)},
+        "core": {**LATTICE, "cell": {"name": "nca", "hidden": CELL_HIDDEN[0]}, "steps": max(LATTICE["steps"], turns - 1),
+                 **(core or {})},
         "decoder": {"name": "nearest"},
         "training": {"name": "context", "fit_decoder": False, "plots": False, **train_cfg}}, source="bench_context")
 
@@ -77,7 +93,8 @@ def test_set(pipe, data, turns: int):
     return context_inputs(pipe.encode, items, turns), bank, pos, items
 
 
-def run_lattice(reg, data, name: str, turns: int, adapter: str, train_cfg: dict, seed: int, test) -> dict:
+def run_lattice(reg, data, name: str, turns: int, adapter: str, train_cfg: dict, seed: int, test,
+                core: dict | None = None) -> dict:
     import torch
 
     from cellnet_core.pipeline import Pipeline
@@ -85,7 +102,7 @@ def run_lattice(reg, data, name: str, turns: int, adapter: str, train_cfg: dict,
     from cellnet_training.context import ContextStrategy
     from cellnet_training.engine import PipelineModel, predict
 
-    cfg = _config(reg, turns, adapter, train_cfg, seed)
+    cfg = _config(reg, turns, adapter, train_cfg, seed, core)
     torch.manual_seed(seed)
     pipe = Pipeline.build(cfg, reg)
     t0 = time.perf_counter()
@@ -102,7 +119,8 @@ def run_lattice(reg, data, name: str, turns: int, adapter: str, train_cfg: dict,
                                            "total": core + split["adapters"]}}
 
 
-def run_mlp(reg, data, name: str, turns: int, n_params: int, train_cfg: dict, seed: int, sets, test) -> dict:
+def run_mlp(reg, data, name: str, turns: int, n_params: int, train_cfg: dict, seed: int, sets, test,
+            last_only: bool = False) -> dict:
     import torch
 
     from cellnet_core.run import RunContext
@@ -113,7 +131,7 @@ def run_mlp(reg, data, name: str, turns: int, n_params: int, train_cfg: dict, se
     train, val = sets
     dim = train.bank.shape[1]
     torch.manual_seed(seed)
-    mlp = ContextMLP(turns, dim, mlp_hidden_for(n_params, turns, dim))
+    mlp = ContextMLP(turns, dim, mlp_hidden_for(n_params, 1 if last_only else turns, dim), last_only=last_only)
     model = ModuleModel(mlp)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
@@ -156,9 +174,50 @@ DESCRIPTIONS = {
     "last-turn": "identity of the last turn: the latest turn's own embedding (no training)",
     "context-lattice": "context-planes (learned orthonormal adapter per turn, z-plane per turn) → NCA lattice",
     "context-mlp": "MLP over the concatenated turns, residual from the last turn, lattice run's size",
+    "last-mlp": "MLP over the last turn alone, residual from it, lattice run's size: what is learned without "
+                "the earlier turns",
     "exact-lattice": "context-planes with adapter: exact (no adapter parameters) → NCA lattice",
     "exact-mlp": "MLP over the concatenated turns, exact-lattice's size",
+    "frozen-lattice": "context-lattice with its adapters frozen (lr_scale reshaper 0): only the lattice learns",
+    "noise-lattice": "context-lattice with input_noise 0.02 (Gaussian, training steps only)",
+    "deep-lattice": "context-lattice with 6 steps and an NCA cell of hidden 32",
 }
+
+
+#: each trained variant's equal-size baseline (the one the study's headline compares it with)
+BASELINE = {"context-lattice": "context-mlp", "exact-lattice": "exact-mlp", "frozen-lattice": "context-mlp",
+            "noise-lattice": "context-mlp", "deep-lattice": "context-mlp"}
+
+
+def summary(runs: list[dict]) -> list[dict]:
+    """One record per variant: test MRR mean/sd over seeds, parameters, the paired bootstrap against
+    the last turn, against its equal-size MLP and against the last-turn-only MLP (when run) — what
+    ``bench/bench_study.py`` puts in its headline table."""
+    from cellnet_core import metrics as M
+
+    by: dict[str, list[dict]] = {}
+    for r in runs:
+        by.setdefault(r["variant"], []).append(r)
+
+    def avg(name: str) -> list[float]:
+        return [statistics.mean(x) for x in zip(*(r["rr"] for r in by[name]))]
+
+    def boot(a: str, b: str) -> dict | None:
+        if a not in by or b not in by:
+            return None
+        bs = M.paired_bootstrap(avg(a), avg(b), resamples=10000)
+        return {"diff": bs["diff"], "lo": bs["lo"], "hi": bs["hi"], "verdict": M.bootstrap_verdict(bs)}
+
+    out = []
+    for name, rows in by.items():
+        xs = [r["test_mrr"] for r in rows]
+        out.append({"variant": name, "what": DESCRIPTIONS[name], "metric": "test MRR", "mean": statistics.mean(xs),
+                    "sd": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+                    "seeds": len(rows) if name != "last-turn" else 0, "params": rows[0]["params"],
+                    "vs_identity": boot(name, "last-turn") if name != "last-turn" else None,
+                    "baseline": BASELINE.get(name), "vs_baseline": boot(name, BASELINE[name]) if name in BASELINE else None,
+                    "vs_last_mlp": boot(name, "last-mlp") if name not in ("last-mlp", "last-turn") else None})
+    return out
 
 
 def render(runs: list[dict], args, sizes: dict, elapsed: float, argv: list[str]) -> str:
@@ -171,7 +230,7 @@ def render(runs: list[dict], args, sizes: dict, elapsed: float, argv: list[str])
 
     cores = os.cpu_count()
     lines = [
-        "# Chit-chat with context: the last turns on the lattice",
+        f"## Chit-chat with context: the last turns on the lattice ({DATA['max_pairs']:,} pairs)",
         "",
         "Written by `bench/bench_context.py`. Command:",
         "",
@@ -179,7 +238,7 @@ def render(runs: list[dict], args, sizes: dict, elapsed: float, argv: list[str])
         ".venv/bin/python bench/bench_context.py " + " ".join(argv),
         "```",
         "",
-        f"Data: `chitchat` (chitchat-dataset), {DATA['max_pairs']} pairs kept by whole conversations, split by "
+        f"Data: `chitchat` (chitchat-dataset), {DATA['max_pairs']:,} pairs kept by whole conversations, split by "
         f"conversation (val {DATA['val_fraction']}, test {DATA['test_fraction']}); context items with the last "
         f"k = {args.turns} turns (fewer at a conversation's start: zeros in front): "
         f"**{sizes['train']} training items**, {sizes['val']} validation, **{sizes['test']} test items** "
@@ -212,25 +271,33 @@ def render(runs: list[dict], args, sizes: dict, elapsed: float, argv: list[str])
               "over its seeds; 95% interval:", "",
               "| comparison | Δ test MRR [95% interval] | verdict |", "|---|---|---|"]
     pairs = [("context-lattice", "last-turn"), ("context-mlp", "last-turn"), ("context-lattice", "context-mlp"),
-             ("exact-lattice", "last-turn"), ("exact-mlp", "last-turn"), ("exact-lattice", "exact-mlp")]
+             ("last-mlp", "last-turn"), ("context-lattice", "last-mlp"), ("context-mlp", "last-mlp"),
+             ("exact-lattice", "last-turn"), ("exact-mlp", "last-turn"), ("exact-lattice", "exact-mlp"),
+             *((t, "last-turn") for t in TUNED), *((t, "context-lattice") for t in TUNED)]
     verdicts = {}
     for a, b in pairs:
         if a in by and b in by:
             diff, verdict = compare(avg_rr(a), avg_rr(b))
             verdicts[(a, b)] = verdict
             lines.append(f"| {a} − {b} | {diff} | {verdict} |")
-    target = verdicts.get(("context-lattice", "last-turn"))
-    if target is not None:
-        lines += ["", "## Target", "",
-                  f"The issue's target — the context lattice beats the identity of the last turn with an interval "
+    lattices = [n for n in by if n.endswith("-lattice")]
+    if lattices and "last-turn" in by:
+        best = max(lattices, key=lambda n: statistics.mean(r["val_mrr"] for r in by[n]))
+        diff, target = compare(avg_rr(best), avg_rr("last-turn"))
+        lines += ["", "### Target", "",
+                  f"The lattice variant with the best mean validation MRR is `{best}`; against the identity of the "
+                  f"last turn it is {diff}: the target — a context lattice above the last turn with an interval "
                   f"above 0 — is **{'met' if target == 'better' else 'missed'}** here ({target}).", ""]
-    lines += ["## Notes", "",
+    lines += ["### Notes", "",
               "- Parameter split: `context-planes` with learned adapters holds k input adapters (D × 8·8·6 each) "
               "and one output adapter; those are almost all of the trained parameters, the NCA cell is the "
               "lattice's share. The lattice carries every earlier turn to the read plane: without its steps the "
               "output depends on the latest turn alone.",
               "- `context-mlp` has the lattice run's total parameter count and sees the same concatenated "
               "turns; it is the bar a model over context embeddings has to clear.",
+              *(["- `last-mlp` has the same size but sees the latest turn alone: a context model that beats the "
+                 "last turn but not `last-mlp` has learned a mapping from the latest turn to the next, not "
+                 "anything from the earlier turns."] if "last-mlp" in by else []),
               f"- {cores} CPU core(s) seen by the process, torch threads {args.threads}, "
               f"{platform.processor() or platform.machine()}; whole benchmark {elapsed / 60:.1f} min "
               "with cached embeddings.",
@@ -249,11 +316,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=16, help="hidden units of the lattice's NCA cell")
     ap.add_argument("--variants", default="learned",
-                    help="comma-separated: learned (context-lattice, context-mlp), exact (exact-lattice, exact-mlp)")
+                    help="comma-separated: learned (context-lattice, context-mlp), exact (exact-lattice, exact-mlp), "
+                         "last (last-mlp: the learned lattice's size, the last turn only; needs learned), "
+                         "tuned (frozen-, noise-, deep-lattice: the learned lattice with one change each)")
+    ap.add_argument("--max-pairs", type=int, default=DATA["max_pairs"],
+                    help="chitchat pairs kept, by whole conversations (the ~131k of the corpus at most)")
     ap.add_argument("--append", action="store_true",
                     help="append this invocation's tables to --out instead of replacing it")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "context.md"))
     ap.add_argument("--json", default=None, help="also write every run's numbers here")
+    ap.add_argument("--summary", default=None, metavar="JSON",
+                    help="also write one record per variant (means, intervals, parameters) here")
     ap.add_argument("--quick", action="store_true", help="1 seed, 2 epochs (a smoke run of the whole script)")
     raw = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(raw)
@@ -264,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     CELL_HIDDEN[0] = args.hidden
+    DATA["max_pairs"] = args.max_pairs
     from cellnet_core.pipeline import Pipeline
     from cellnet_core.plugins import load
     from cellnet_training.context import context_sets, context_items
@@ -285,9 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"items: {sizes}", file=sys.stderr)
     runs = [last_turn(val, test, dim)]
     chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = sorted(set(chosen) - {"learned", "exact"})
+    unknown = sorted(set(chosen) - {"learned", "exact", "last", "tuned"})
     if unknown:
-        ap.error(f"--variants: unknown {unknown}; available: learned, exact")
+        ap.error(f"--variants: unknown {unknown}; available: learned, exact, last, tuned")
+    if "last" in chosen and "learned" not in chosen:
+        ap.error("--variants: last is sized by the learned lattice; give learned,last")
     variants = [v for v in (("context-lattice", "learned", "context-mlp"), ("exact-lattice", "exact", "exact-mlp"))
                 if v[1] in chosen]
     for lat, adapter, mlp in variants:
@@ -300,15 +376,31 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{mlp} seed {seed}: test MRR {m['test_mrr']:.4f} (best epoch {m['best_epoch']}, "
                   f"{m['seconds']:.0f} s)", file=sys.stderr)
             runs.append(m)
+            if adapter == "learned" and "last" in chosen:
+                m = run_mlp(reg, data, "last-mlp", args.turns, r["params"]["total"], train_cfg, seed, (train, val),
+                            test, last_only=True)
+                print(f"last-mlp seed {seed}: test MRR {m['test_mrr']:.4f} (best epoch {m['best_epoch']}, "
+                      f"{m['seconds']:.0f} s)", file=sys.stderr)
+                runs.append(m)
+    if "tuned" in chosen:
+        for name, (extra_train, extra_core) in TUNED.items():
+            for seed in range(args.seeds):
+                r = run_lattice(reg, data, name, args.turns, "learned", {**train_cfg, **extra_train}, seed, test,
+                                extra_core)
+                print(f"{name} seed {seed}: test MRR {r['test_mrr']:.4f} (val {r['val_mrr']:.4f}, best epoch "
+                      f"{r['best_epoch']}, {r['seconds']:.0f} s)", file=sys.stderr)
+                runs.append(r)
     runs.sort(key=lambda r: [n for n in DESCRIPTIONS].index(r["variant"]))
     text = render(runs, args, sizes, time.perf_counter() - t_all, raw)
     out = Path(args.out)
     if args.append and out.exists():
         # a further invocation: its tables under their own heading, the first one's kept
         body = text.split("\n", 2)[2]
-        heading = f"## Variants: {args.variants}, NCA cell hidden {args.hidden}"
+        heading = f"### Variants: {args.variants}, NCA cell hidden {args.hidden}"
         text = out.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + heading + "\n\n" + body
     out.write_text(text, encoding="utf-8")
+    if args.summary:
+        Path(args.summary).write_text(json.dumps(summary(runs), indent=1) + "\n", encoding="utf-8")
     if args.json:
         Path(args.json).write_text(json.dumps([{k: v for k, v in r.items() if k != "rr"} for r in runs], indent=1))
     print(text)

@@ -58,9 +58,9 @@ VARIANTS: dict[str, tuple[dict, dict, str, str | None]] = {
     "bi-lattice": (SURFACE, {**LATTICE, "cell": {"name": "nca", "hidden": 32}, "steps": 6},
                    "bi-encoder: q → surface (inverse init) → NCA lattice → q', cos(q', c) (dialogue, infonce, "
                    "labelled wrong sentences as negatives)", "bi-mlp"),
-    "bi-mlp": (SURFACE, {**LATTICE, "steps": 0}, "bi-encoder baseline: residual MLP q → q' of bi-lattice's size "
-               "(cellnet eval's mlp baseline: same loss, optimiser and epochs, last epoch kept; trained on the "
-               "pairs only, without the labelled wrong sentences)", None),
+    "bi-mlp": (SURFACE, {**LATTICE, "steps": 0}, "bi-encoder baseline: residual MLP q → q' of bi-lattice's size, "
+               "trained like it (same loss, labelled wrong sentences as negatives, optimiser, epochs, validation "
+               "MAP and early stopping)", None),
 }
 #: variants trained by the dialogue strategy instead of listwise
 DIALOGUE = {"bi-lattice", "bi-mlp"}
@@ -130,32 +130,44 @@ def run_variant(reg, data, name: str, seed: int, train_cfg: dict, limit: int | N
 
 
 def _bi_mlp(reg, data, lattice_pipe, cfg, seed: int, train_cfg: dict, limit: int | None) -> dict:
-    """The residual-MLP bi-encoder of bi-lattice's parameter count, trained by the training plugin's
-    ``mlp`` baseline (same loss, selection negatives off as in ``cellnet eval``, the configured epochs)."""
+    """The residual-MLP bi-encoder of bi-lattice's parameter count, trained like bi-lattice: the same
+    training tensors (the paragraph's labelled wrong sentences as fixed negatives), loss, optimiser,
+    schedule, epochs, validation MAP on each validation question's own candidates and early stopping
+    (epoch 0, the untrained identity, competes), through the same Engine."""
     import torch
 
-    from cellnet_training.baselines import MLPBaseline
+    from cellnet_core.pipeline import Pipeline
+    from cellnet_core.run import RunContext
+    from cellnet_training.baselines import ResidualMLP, hidden_for
+    from cellnet_training.engine import Engine, ModuleModel
     from cellnet_training.listwise import selection_items
 
-    # the baseline seeds its own training from the config's seed: each seed its own run
     big = _config(reg, *VARIANTS["bi-lattice"][:2], train_cfg, limit, dialogue=True, seed=seed)
-    ref = __import__("cellnet_core.pipeline", fromlist=["Pipeline"]).Pipeline.build(big, reg)
+    ref = Pipeline.build(big, reg)
+    target = sum(p.numel() for p in ref.parameters() if p.requires_grad)
+    data_run = reg.build("dataset", big.data, None)
+    strategy = reg.build("strategy", big.training, None)
     t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    train = reg.build("dataset", big.data, None).pairs("train")
-    b = MLPBaseline()
-    b.fit(ref.encode([p.question for p in train]), ref.encode([p.answer for p in train]), ref)
+    with tempfile.TemporaryDirectory() as d:
+        run = RunContext(d, seed=seed)
+        train, val, _ = strategy.prepare(ref, data_run, run)
+        dim = train.q.shape[1]
+        torch.manual_seed(seed)
+        mlp = ResidualMLP(dim, hidden_for(target, dim, train.bank.shape[1]), train.bank.shape[1])
+        result = Engine(big.training, label="bi-mlp").fit(ModuleModel(mlp), train, val, run)
+    mlp.eval()
     test, _ = selection_items(data, "test")
     scored = []
-    for it in test:
-        q = b.predict(ref.encode([it.question])).detach()
-        scored.append((torch.nn.functional.cosine_similarity(q, ref.encode(it.candidates), dim=-1).tolist(),
-                       it.labels))
+    with torch.no_grad():
+        for it in test:
+            q = mlp(ref.encode([it.question]).float())
+            scored.append((torch.nn.functional.cosine_similarity(q, ref.encode(it.candidates).float(),
+                                                                 dim=-1).tolist(), it.labels))
     aps = ap_per_question(scored)
-    n = sum(p.numel() for p in b.model.parameters())
-    return {"variant": "bi-mlp", "seed": seed, "best_epoch": "last", "epochs": None, "val_map": None,
-            "test_map": sum(aps) / len(aps), "aps": aps, "seconds": time.perf_counter() - t0,
-            "params": {"core": n, "readout": 0, "adapters": 0, "total": n}}
+    n = sum(p.numel() for p in mlp.parameters())
+    return {"variant": "bi-mlp", "seed": seed, "best_epoch": result.best_epoch, "epochs": result.epochs,
+            "val_map": result.metrics.get("val_map"), "test_map": sum(aps) / len(aps), "aps": aps,
+            "seconds": time.perf_counter() - t0, "params": {"core": n, "readout": 0, "adapters": 0, "total": n}}
 
 
 def identity_aps(reg, data) -> list[float]:
@@ -233,6 +245,38 @@ def compare(a: list[float], b: list[float]) -> str:
     return f"{bs['diff']:+.4f} [{bs['lo']:+.4f}, {bs['hi']:+.4f}] {M.bootstrap_verdict(bs)}"
 
 
+def summary(runs: list[dict], ident: list[float], overlap: dict | None = None) -> list[dict]:
+    """One record per variant (and the overlap row): test MAP mean/sd over seeds, the paired bootstrap
+    against identity and against its equal-size baseline, the parameter split — what
+    ``bench/bench_study.py`` puts in its headline table."""
+    from cellnet_core import metrics as M
+
+    by: dict[str, list[dict]] = {}
+    for r in runs:
+        by.setdefault(r["variant"], []).append(r)
+
+    def avg(name: str) -> list[float]:
+        return [statistics.mean(x) for x in zip(*(r["aps"] for r in by[name]))]
+
+    def boot(a: list[float], b: list[float]) -> dict:
+        bs = M.paired_bootstrap(a, b, resamples=5000)
+        return {"diff": bs["diff"], "lo": bs["lo"], "hi": bs["hi"], "verdict": M.bootstrap_verdict(bs)}
+
+    out = [{"variant": "identity", "metric": "test MAP", "mean": statistics.mean(ident), "sd": 0.0, "seeds": 0}]
+    if overlap is not None:
+        out.append({"variant": "overlap", "metric": "test MAP", "mean": overlap["test_map"], "sd": 0.0, "seeds": 0,
+                    "vs_identity": boot(overlap["aps"], ident)})
+    for name, rows in by.items():
+        xs = [r["test_map"] for r in rows]
+        base = VARIANTS[name][3]
+        out.append({"variant": name, "what": VARIANTS[name][2], "metric": "test MAP", "mean": statistics.mean(xs),
+                    "sd": statistics.stdev(xs) if len(xs) > 1 else 0.0, "seeds": len(rows),
+                    "params": rows[0]["params"], "vs_identity": boot(avg(name), ident),
+                    "baseline": base if base in by else None,
+                    "vs_baseline": boot(avg(name), avg(base)) if base in by else None})
+    return out
+
+
 def render(runs: list[dict], ident: list[float], args, n_test: int, split: dict, elapsed: float,
            overlap: dict | None = None) -> str:
     by: dict[str, list[dict]] = {n: [] for n in VARIANTS}
@@ -246,9 +290,13 @@ def render(runs: list[dict], ident: list[float], args, n_test: int, split: dict,
 
     cmd = "bench/bench_tasks.py " + " ".join(sys.argv[1:])
     lines = [
-        "## Lattice tasks: answer-sentence selection on SQuAD", "",
-        f"`.venv/bin/python {cmd.strip()}` — {time.strftime('%Y-%m-%d')}, {platform.machine()}, 2 CPU threads, "
-        f"{elapsed / 60:.1f} minutes of training and scoring with cached embeddings.", "",
+        f"## Lattice tasks: answer-sentence selection on SQuAD ({f'{args.limit:,}' if args.limit else 'all'} "
+        f"training questions)", "",
+        f"`.venv/bin/python {cmd.strip()}` — "
+        + (f"rendered {time.strftime('%Y-%m-%d')} from the runs in the given files (made earlier with the same "
+           f"settings), {elapsed / 60:.1f} minutes of training in all" if args.merge is not None else
+           f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, 2 CPU threads, {elapsed / 60:.1f} minutes of "
+           f"training and scoring with cached embeddings") + ".", "",
         f"SQuAD v1.1 dev (bundled), split by article: {split['train']} / {split['val']} / {split['test']} "
         f"train / val / test questions; each question ranks the sentences of its own paragraph. Every pair "
         f"scorer is `cos(q, c) + readout(lattice state)` with the readout zero at init, trained by the `listwise` "
@@ -297,6 +345,8 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", nargs="*", default=None, metavar="JSON",
                     help="only render: the runs of these .json files (written by earlier invocations with the same "
                          "settings) into --out and its .json")
+    ap.add_argument("--summary", default=None, metavar="JSON",
+                    help="also write one record per variant (means, intervals, parameters) here")
     ap.add_argument("--keep", action="store_true", help="keep the runs already in the output's .json (same "
                                                          "settings) and run only the missing (variant, seed) pairs")
     args = ap.parse_args(argv)
@@ -365,6 +415,8 @@ def main(argv=None) -> int:
                                 encoding="utf-8")
     text = render(runs, ident, args, len(ident), split, time.perf_counter() - t0, overlap)
     Path(args.out).write_text(text, encoding="utf-8")
+    if args.summary:
+        Path(args.summary).write_text(json.dumps(summary(runs, ident, overlap), indent=1) + "\n", encoding="utf-8")
     print(text)
     return 0
 

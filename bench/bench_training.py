@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -82,6 +83,8 @@ def run_one(name: str, spec: dict, quick: bool, overrides: list[str], baselines:
     return {
         "dataset": name, "seed": cfg.seed, "train_pairs": len(train), "test_questions": out["questions"],
         "candidates": out["candidates"], "params": sum(p.numel() for p in pipe.parameters()),
+        "lattice_params": sum(p.numel() for p in pipe.core.parameters()),
+        "adapter_params": sum(p.numel() for p in pipe.reshaper.parameters()),
         "mlp_params": mlp.n_params, "epochs": result.epochs, "best_epoch": result.best_epoch,
         "val": {k: v for k, v in result.metrics.items() if k.startswith("val_")},
         "rows": rows, "ranks": ranks, "compare": out.get("compare", []), "training": json.loads(cfg.training.model_dump_json()),
@@ -138,14 +141,22 @@ VERDICT_TEXT = {"same": "same ranks", "better": "**better**", "worse": "**worse*
 COMPARISONS = [("lattice", "identity"), ("lattice", "mlp"), ("lattice", ABLATION[0]), ("mlp", "identity")]
 
 
+def _loss_name(spec) -> str:
+    """``infonce`` / ``infonce + 0.5 × cosine`` for a loss given by name or as a list of terms."""
+    if isinstance(spec, list):
+        return " + ".join((f"{t['weight']:g} × " if t.get("weight", 1.0) != 1.0 else "") + str(t["name"])
+                          for t in spec)
+    return str(spec)
+
+
 def markdown(results: list[dict], quick: bool) -> str:
     import torch
 
     from cellnet_core.metrics import bootstrap_verdict, paired_bootstrap
 
     lines = ["## Training: lattice (dialogue + infonce) vs baselines", ""]
-    lines.append(f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads (2 cores, shared with "
-                 f"other jobs), torch {torch.__version__}, Python {platform.python_version()}."
+    lines.append(f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads ({os.cpu_count()} "
+                 f"cores), torch {torch.__version__}, Python {platform.python_version()}."
                  + (" **Quick run** (2 epochs, chitchat 600 pairs)." if quick else ""))
     lines.append("")
     lines.append("Teacher: MiniLM-L6 (`minilm`, 384-d, embeddings cached). Metrics on the held-out **test** "
@@ -176,9 +187,10 @@ def markdown(results: list[dict], quick: bool) -> str:
                      f"{r['candidates']} candidate answers. Lattice: reshaper `{r['reshaper']['name']}` "
                      f"{r['reshaper'].get('shape')}×{r['reshaper'].get('channels')}, core `lattice` cell "
                      f"`{r['core']['cell']['name']}` (hidden {r['core']['cell'].get('hidden')}), "
-                     f"{r['core']['steps']} steps; {r['params']:,} trainable parameters (mlp: {r['mlp_params']:,}). "
+                     f"{r['core']['steps']} steps; {r['params']:,} trainable parameters: {r['lattice_params']:,} the "
+                     f"lattice's, {r['adapter_params']:,} the reshaper's adapters (mlp: {r['mlp_params']:,}). "
                      f"Training: {tr['epochs']} epochs max, batch {tr['batch_size']}, lr {tr['lr']}, "
-                     f"loss {tr['loss']}, hard negatives {tr['hard_negatives']}; {r['seeds']} seeds, "
+                     f"loss {_loss_name(tr['loss'])}, hard negatives {tr['hard_negatives']}; {r['seeds']} seeds, "
                      f"best epoch per seed {best} (epoch 0 = untrained, which is the identity).")
         lines.append("")
         lines.append("| model | seeds | recall@1 | recall@10 | MRR | cosine | time (s) |")
@@ -198,6 +210,35 @@ def markdown(results: list[dict], quick: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary(results: list[dict]) -> list[dict]:
+    """Per dataset, one record per model: test MRR mean/sd over seeds and, for the lattice, the
+    paired bootstrap against identity, the equal-size MLP and the steps-0 ablation — what
+    ``bench/bench_study.py`` puts in its headline table."""
+    from cellnet_core.metrics import bootstrap_verdict, paired_bootstrap
+
+    out = []
+    for r in results:
+        def boot(a: str, b: str) -> dict:
+            bs = paired_bootstrap(r["mean_rr"][a], r["mean_rr"][b])
+            return {"diff": bs["diff"], "lo": bs["lo"], "hi": bs["hi"], "verdict": bootstrap_verdict(bs, MIN_EFFECT)}
+
+        for model, rows in r["runs"].items():
+            m, sd = _mean_std([row["mrr"] for row in rows])
+            rec = {"dataset": r["dataset"], "variant": model, "metric": "test MRR", "mean": m, "sd": sd,
+                   "seeds": len(rows) if model not in ("identity", "mean", "ridge") else 0}
+            if model == "lattice":
+                rec.update({"params": {"core": r["lattice_params"], "adapters": r["adapter_params"]},
+                            "vs_identity": boot("lattice", "identity"), "baseline": "mlp",
+                            "vs_baseline": boot("lattice", "mlp"), "vs_ablation": boot("lattice", ABLATION[0])})
+            if model == ABLATION[0]:  # steps 0: the lattice's cell never runs; only the adapters train
+                rec.update({"params": {"core": 0, "adapters": r["adapter_params"]},
+                            "vs_identity": boot(model, "identity")})
+            if model == "mlp":
+                rec.update({"params": {"core": r["mlp_params"], "adapters": 0}, "vs_identity": boot("mlp", "identity")})
+            out.append(rec)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 epochs, smaller chitchat")
@@ -206,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], help="config override for every dataset, a.b=value")
     ap.add_argument("--seeds", type=int, default=5, help="training seeds per trained model (default 5)")
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--summary", metavar="JSON", help="also write one record per dataset and model (means, "
+                                                      "intervals, parameters) here")
     args = ap.parse_args(argv)
 
     import torch
@@ -221,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(text, encoding="utf-8")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    if args.summary:
+        Path(args.summary).write_text(json.dumps(summary(results), indent=1) + "\n", encoding="utf-8")
     print(text)
     return 0
 

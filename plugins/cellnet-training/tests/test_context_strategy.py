@@ -185,6 +185,22 @@ def test_baselines_start_at_the_last_turn_and_train_through_the_engine(make_cont
     assert sum(p.numel() for p in LastTurn(D).parameters()) == 0
 
 
+def test_the_last_only_mlp_ignores_the_earlier_turns(make_context):
+    from cellnet_training.context import ContextMLP, LastTurn, context_sets
+
+    pipe, data, strategy, _ = make_context({})
+    _, val, _ = context_sets(pipe, data, strategy.cfg, 3)
+    torch.manual_seed(0)
+    mlp = ContextMLP(3, D, 8, last_only=True)
+    assert mlp.fc1.in_features == D
+    torch.testing.assert_close(mlp(val.q), LastTurn(D)(val.q), rtol=0, atol=0)  # starts at the last turn
+    torch.nn.init.normal_(mlp.fc2.weight)
+    changed = val.q.clone()
+    changed[:, :-D] = torch.randn_like(changed[:, :-D])  # other earlier turns, same last turn
+    torch.testing.assert_close(mlp(changed), mlp(val.q), rtol=0, atol=0)
+    assert not torch.allclose(mlp(val.q), LastTurn(D)(val.q))
+
+
 def test_a_dataset_without_conversations_is_a_data_error(make_context):
     pipe, data, strategy, run = make_context({}, data={"name": "fake-wordmap"})
     with pytest.raises(DataError, match="training 'context': dataset .* has no conversations"):

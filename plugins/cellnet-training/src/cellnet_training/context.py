@@ -133,23 +133,30 @@ class LastTurn(nn.Module):
 
 
 class ContextMLP(nn.Module):
-    """``e_k + W2·gelu(W1·q + b1) + b2`` over ``q [B, k·D]``; ``W2, b2`` start at zero (= :class:`LastTurn`)."""
+    """``e_k + W2·gelu(W1·q + b1) + b2`` over ``q [B, k·D]``; ``W2, b2`` start at zero (= :class:`LastTurn`).
 
-    def __init__(self, turns: int, dim: int, hidden: int):
+    ``last_only=True`` feeds ``W1`` the latest turn alone (``e_k``, not the k turns): the same mapping
+    without the context, which tells what a model gains from the earlier turns apart from what it
+    gains by learning a last turn → next turn mapping."""
+
+    def __init__(self, turns: int, dim: int, hidden: int, last_only: bool = False):
         super().__init__()
         self.dim = int(dim)
-        self.fc1 = nn.Linear(int(turns) * self.dim, int(hidden))
+        self.last_only = bool(last_only)
+        self.fc1 = nn.Linear((1 if self.last_only else int(turns)) * self.dim, int(hidden))
         self.fc2 = nn.Linear(int(hidden), self.dim)
         nn.init.zeros_(self.fc2.weight)
         nn.init.zeros_(self.fc2.bias)
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
         """``q [B, k·D]`` → ``[B, D]``: the last turn plus the learned correction."""
-        return q[:, -self.dim:] + self.fc2(nn.functional.gelu(self.fc1(q)))
+        last = q[:, -self.dim:]
+        return last + self.fc2(nn.functional.gelu(self.fc1(last if self.last_only else q)))
 
 
 def mlp_hidden_for(n_params: int, turns: int, dim: int) -> int:
-    """Hidden width of the :class:`ContextMLP` closest to ``n_params`` parameters."""
+    """Hidden width of the :class:`ContextMLP` closest to ``n_params`` parameters (``turns`` 1: the
+    ``last_only`` one)."""
     return hidden_for(n_params, turns * dim, dim)
 
 
