@@ -205,13 +205,14 @@ def summary(runs: list[dict]) -> list[dict]:
     def boot(a: str, b: str) -> dict | None:
         if a not in by or b not in by:
             return None
-        bs = M.paired_bootstrap(avg(a), avg(b), resamples=10000)
-        return {"diff": bs["diff"], "lo": bs["lo"], "hi": bs["hi"], "verdict": M.bootstrap_verdict(bs)}
+        return M.compare_paired(avg(a), avg(b), resamples=10000)
 
     out = []
     for name, rows in by.items():
         xs = [r["test_mrr"] for r in rows]
+        vals = [r["val_mrr"] for r in rows if r.get("val_mrr") is not None]
         out.append({"variant": name, "what": DESCRIPTIONS[name], "metric": "test MRR", "mean": statistics.mean(xs),
+                    "val_mrr": statistics.mean(vals) if vals else None,
                     "sd": statistics.stdev(xs) if len(xs) > 1 else 0.0,
                     "seeds": len(rows) if name != "last-turn" else 0, "params": rows[0]["params"],
                     "vs_identity": boot(name, "last-turn") if name != "last-turn" else None,

@@ -259,8 +259,7 @@ def summary(runs: list[dict], ident: list[float], overlap: dict | None = None) -
         return [statistics.mean(x) for x in zip(*(r["aps"] for r in by[name]))]
 
     def boot(a: list[float], b: list[float]) -> dict:
-        bs = M.paired_bootstrap(a, b, resamples=5000)
-        return {"diff": bs["diff"], "lo": bs["lo"], "hi": bs["hi"], "verdict": M.bootstrap_verdict(bs)}
+        return M.compare_paired(a, b, resamples=5000)
 
     out = [{"variant": "identity", "metric": "test MAP", "mean": statistics.mean(ident), "sd": 0.0, "seeds": 0}]
     if overlap is not None:

@@ -214,13 +214,12 @@ def summary(results: list[dict]) -> list[dict]:
     """Per dataset, one record per model: test MRR mean/sd over seeds and, for the lattice, the
     paired bootstrap against identity, the equal-size MLP and the steps-0 ablation — what
     ``bench/bench_study.py`` puts in its headline table."""
-    from cellnet_core.metrics import bootstrap_verdict, paired_bootstrap
+    from cellnet_core.metrics import compare_paired
 
     out = []
     for r in results:
         def boot(a: str, b: str) -> dict:
-            bs = paired_bootstrap(r["mean_rr"][a], r["mean_rr"][b])
-            return {"diff": bs["diff"], "lo": bs["lo"], "hi": bs["hi"], "verdict": bootstrap_verdict(bs, MIN_EFFECT)}
+            return compare_paired(r["mean_rr"][a], r["mean_rr"][b], min_effect=MIN_EFFECT)
 
         for model, rows in r["runs"].items():
             m, sd = _mean_std([row["mrr"] for row in rows])

@@ -61,8 +61,11 @@ PARTS: dict[str, tuple[str, list[str], str, str]] = {
 def run_part(name: str, out_dir: Path, quick: bool) -> float:
     """Run one part (its script with the study's settings); returns its wall-clock seconds."""
     script, args, fragment, _ = PARTS[name]
-    cmd = [sys.executable, str(ROOT / "bench" / script), *args, "--out", str(out_dir / fragment),
-           "--summary", str(out_dir / f"study_{name}.json")]
+    where = out_dir.resolve()
+    if where.is_relative_to(ROOT):  # the fragments show their command: paths inside the checkout stay relative
+        where = where.relative_to(ROOT)
+    cmd = [sys.executable, f"bench/{script}", *args, "--out", str(where / fragment),
+           "--summary", str(where / f"study_{name}.json")]
     if quick:
         cmd.append("--quick")
     print(f"==> study: {name}: {' '.join(Path(c).name if i < 2 else c for i, c in enumerate(cmd))}",
@@ -123,6 +126,43 @@ def headline(out_dir: Path) -> list[str]:
     return rows
 
 
+def _load(out_dir: Path, part: str) -> list[dict]:
+    f = out_dir / f"study_{part}.json"
+    return json.loads(f.read_text(encoding="utf-8")) if f.exists() else []
+
+
+def targets(out_dir: Path) -> list[str]:
+    """The targets, each with its verdict computed from the summaries: met, or missed and by how much."""
+    def met(ok: bool) -> str:
+        return "**met**" if ok else "**missed**"
+
+    lines = []
+    for r in _load(out_dir, "training"):
+        if r["variant"] == "lattice":
+            v, b = r["vs_identity"], r["vs_baseline"]
+            lines.append(f"- {r['dataset']}: the default lattice beats identity — {met(v['verdict'] == 'better')} "
+                         f"({_interval(v)}); not worse than the equal-size MLP — "
+                         f"{met(b['verdict'] != 'worse')} ({_interval(b)}).")
+    squad = {r["variant"]: r for r in _load(out_dir, "squad")}
+    if "grid-lattice" in squad:
+        r, ident = squad["grid-lattice"], squad["identity"]["mean"]
+        lines.append(f"- SQuAD selection: a lattice variant (grid-lattice) beats identity with an interval above 0 — "
+                     f"{met(r['vs_identity']['verdict'] == 'better')} ({_interval(r['vs_identity'])}); not worse "
+                     f"than its equal-size baseline — {met(r['vs_baseline']['verdict'] != 'worse')} "
+                     f"({_interval(r['vs_baseline'])}); the stretch, identity + 0.05 = {ident + 0.05:.4f} — "
+                     f"{met(r['mean'] >= ident + 0.05)} ({r['mean']:.4f}).")
+    ctx = {r["variant"]: r for r in _load(out_dir, "context")}
+    lattices = [r for n, r in ctx.items() if n.endswith("-lattice")]
+    if lattices:
+        r = max(lattices, key=lambda x: x.get("val_mrr") or 0.0)
+        lines.append(f"- chitchat with context: the context lattice ({r['variant']}, best on validation) beats the "
+                     f"identity of the last turn with an interval above 0 — "
+                     f"{met(r['vs_identity']['verdict'] == 'better')} ({_interval(r['vs_identity'])}).")
+    return (["### Targets", "", "Each verdict is computed from the table below (95% paired-bootstrap intervals; "
+             "\"better\" needs the interval above 0, \"not worse\" an interval that is not below 0).", ""]
+            + lines + [""]) if lines else []
+
+
 def render(out_dir: Path, times: dict[str, float], argv: list[str]) -> str:
     """docs/results/study.md: the command, the time per part, the headline table."""
     total = sum(times.values())
@@ -142,7 +182,8 @@ def render(out_dir: Path, times: dict[str, float], argv: list[str]) -> str:
               "core's (the lattice's shared cell, or the baseline's CNN or MLP) · everything else that trains (the "
               "readout, the reshaper's adapters). "
               "Settings, epochs and every other row are in each part's fragment.", ""]
-    lines += headline(out_dir)
+    lines += targets(out_dir)
+    lines += ["### Every model", ""] + headline(out_dir)
     return "\n".join(lines) + "\n"
 
 

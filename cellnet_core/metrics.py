@@ -6,11 +6,11 @@ the ones scripts import from here are re-exported.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from cellnet_core.text_metrics import corpus_bleu, exact_match, normalize_answer, rouge_l, sentence_bleu, token_f1
 
-__all__ = ["cosine", "ranks_of_targets", "recall_at_k", "mrr", "paired_bootstrap", "bootstrap_verdict",
+__all__ = ["cosine", "ranks_of_targets", "recall_at_k", "mrr", "paired_bootstrap", "bootstrap_verdict", "compare_paired",
            "average_precision", "reciprocal_rank", "mean_average_precision", "selection_mrr", "mean",
            "corpus_bleu", "exact_match", "normalize_answer", "rouge_l", "sentence_bleu", "token_f1"]
 
@@ -67,6 +67,14 @@ def bootstrap_verdict(bs: dict[str, float], min_effect: float = 1e-3) -> str:
     if abs(bs["diff"]) < min_effect:
         return "same"
     return "better" if bs["lo"] > 0 else "worse" if bs["hi"] < 0 else "within noise"
+
+
+def compare_paired(a: Sequence[float], b: Sequence[float], resamples: int = 10000,
+                   min_effect: float = 1e-3) -> dict[str, Any]:
+    """``{"diff", "lo", "hi", "verdict"}``: :func:`paired_bootstrap` of ``mean(a) - mean(b)`` and its
+    :func:`bootstrap_verdict`, the record a benchmark writes for one comparison."""
+    bs = paired_bootstrap(a, b, resamples=resamples)
+    return {"diff": bs["diff"], "lo": bs["lo"], "hi": bs["hi"], "verdict": bootstrap_verdict(bs, min_effect)}
 
 
 def average_precision(scores: Sequence[float], labels: Sequence[int]) -> float:

@@ -47,6 +47,11 @@ def test_the_headline_reads_every_part_and_says_whether_the_budget_held(tmp_path
     assert "| SQuAD selection | test MAP | identity | 0 | 0.8739 | – | – |" in text
     assert "628 · 589,824" in text and "vs last-mlp -0.0004 [-0.0009, +0.0001] same" in text
     assert "| faq (pooled answers) | test MRR | default lattice (surface reshaper + NCA) | 1,488 · 394,112 |" in text
+    assert ("- SQuAD selection: a lattice variant (grid-lattice) beats identity with an interval above 0 — **met** "
+            "(+0.0312 [+0.0221, +0.0403] better); not worse than its equal-size baseline — **met** "
+            "(+0.0055 [+0.0009, +0.0100] better); the stretch, identity + 0.05 = 0.9239 — **missed** (0.9051).") in text
+    assert "beats the identity of the last turn with an interval above 0 — **met** (+0.0010" in text
+    assert "- faq: the default lattice beats identity — **missed** (+0.0190 [-0.0010, +0.0450] within noise)" in text
     over = study.render(tmp_path, {"squad": 2500.0}, [])
     assert "(over the 40-minute budget)" in over
 
