@@ -163,11 +163,16 @@ def _mean_sd(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else f"{xs[0]:.4f}"
 
 
+#: |Δ MRR| below this counts as the same ranks: a tenth of the 0.001 used where MRR is near 0.5, since
+#: pooled next-turn MRR here is near 0.06
+MIN_EFFECT = 1e-4
+
+
 def compare(a: list[float], b: list[float]) -> tuple[str, str]:
     from cellnet_core import metrics as M
 
     bs = M.paired_bootstrap(a, b, resamples=10000)
-    return f"{bs['diff']:+.4f} [{bs['lo']:+.4f}, {bs['hi']:+.4f}]", M.bootstrap_verdict(bs)
+    return f"{bs['diff']:+.4f} [{bs['lo']:+.4f}, {bs['hi']:+.4f}]", M.bootstrap_verdict(bs, MIN_EFFECT)
 
 
 DESCRIPTIONS = {
@@ -205,7 +210,7 @@ def summary(runs: list[dict]) -> list[dict]:
     def boot(a: str, b: str) -> dict | None:
         if a not in by or b not in by:
             return None
-        return M.compare_paired(avg(a), avg(b), resamples=10000)
+        return M.compare_paired(avg(a), avg(b), resamples=10000, min_effect=MIN_EFFECT)
 
     out = []
     for name, rows in by.items():
@@ -269,7 +274,7 @@ def render(runs: list[dict], args, sizes: dict, elapsed: float, argv: list[str])
                      f"{_mean_sd([r['test_mrr'] for r in rows])} | {best} | "
                      f"{statistics.mean(r['seconds'] for r in rows):.0f} |")
     lines += ["", "Paired bootstrap (10,000 resamples) of per-item reciprocal rank, each variant's ranks averaged "
-              "over its seeds; 95% interval:", "",
+              f"over its seeds; 95% interval (|Δ| < {MIN_EFFECT:g} counts as the same ranks):", "",
               "| comparison | Δ test MRR [95% interval] | verdict |", "|---|---|---|"]
     pairs = [("context-lattice", "last-turn"), ("context-mlp", "last-turn"), ("context-lattice", "context-mlp"),
              ("last-mlp", "last-turn"), ("context-lattice", "last-mlp"), ("context-mlp", "last-mlp"),

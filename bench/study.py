@@ -163,13 +163,15 @@ def targets(out_dir: Path) -> list[str]:
             + lines + [""]) if lines else []
 
 
-def render(out_dir: Path, times: dict[str, float], argv: list[str]) -> str:
+def render(out_dir: Path, times: dict[str, float], argv: list[str], reruns: list[str] | None = None) -> str:
     """docs/results/study.md: the command, the time per part, the headline table."""
     total = sum(times.values())
+    again = (f" Rerun since, alone: {', '.join(reruns)} (`bench/study.py --only {','.join(reruns)}`); the "
+             f"minutes below are each part's own.") if reruns else ""
     lines = [
         "## The lattice study: every task in one command", "",
         f"`.venv/bin/python bench/study.py {' '.join(argv)}`".replace(" `", "`") + f" — {time.strftime('%Y-%m-%d')}, "
-        f"{platform.machine()}, {os.cpu_count()} cores, 2 torch threads, embeddings from the on-disk cache.", "",
+        f"{platform.machine()}, {os.cpu_count()} cores, 2 torch threads, embeddings from the on-disk cache.{again}", "",
         "| part | what | fragment | minutes |", "|---|---|---|---:|"]
     for name, (_, _, fragment, what) in PARTS.items():
         if name in times:
@@ -206,15 +208,19 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     times_file = out_dir / "study_times.json"
     saved = json.loads(times_file.read_text(encoding="utf-8")) if times_file.exists() else {}
-    times, command = saved.get("minutes", {}), saved.get("command", [])
+    times, command, reruns = saved.get("minutes", {}), saved.get("command", []), saved.get("reruns", [])
     times = {k: 60 * v for k, v in times.items()}
     if not args.render:
-        command = [a for a in raw if a != "--render"]
+        if set(parts) == set(PARTS):  # the whole study: its command; a subset is a rerun of those parts
+            command, reruns = [a for a in raw if a != "--render"], []
+        else:
+            reruns = [*[r for r in reruns if r not in parts], *parts]
         for name in parts:
             times[name] = run_part(name, out_dir, args.quick)
-            times_file.write_text(json.dumps({"command": command, "minutes": {k: v / 60 for k, v in times.items()}})
-                                  + "\n", encoding="utf-8")
-    text = render(out_dir, {k: times[k] for k in PARTS if k in times}, command)
+            times_file.write_text(json.dumps({"command": command, "reruns": reruns,
+                                              "minutes": {k: v / 60 for k, v in times.items()}}) + "\n",
+                                  encoding="utf-8")
+    text = render(out_dir, {k: times[k] for k in PARTS if k in times}, command, reruns)
     (out_dir / "study.md").write_text(text, encoding="utf-8")
     print(text)
     print(f"wrote {out_dir / 'study.md'}", file=sys.stderr)

@@ -71,3 +71,11 @@ def test_render_only_uses_the_saved_command_and_times(tmp_path):
     assert r.returncode == 0, r.stderr
     text = (tmp_path / "study.md").read_text(encoding="utf-8")
     assert "bench/study.py --only context`" in text and "| context |" in text and "**12.5**" in text
+
+
+def test_a_part_rerun_alone_is_named_beside_the_whole_command(tmp_path):
+    study = _study()
+    text = study.render(tmp_path, {"training": 120.0, "squad": 1300.0, "context": 560.0}, [], ["context"])
+    assert "`.venv/bin/python bench/study.py` — " in text
+    assert "Rerun since, alone: context (`bench/study.py --only context`)" in text
+    assert "**33.0** (within the 40-minute budget)" in text
