@@ -171,8 +171,21 @@ MIN_EFFECT = 1e-4
 def compare(a: list[float], b: list[float]) -> tuple[str, str]:
     from cellnet_core import metrics as M
 
-    bs = M.paired_bootstrap(a, b, resamples=10000)
-    return f"{bs['diff']:+.4f} [{bs['lo']:+.4f}, {bs['hi']:+.4f}]", M.bootstrap_verdict(bs, MIN_EFFECT)
+    c = M.compare_paired(a, b, resamples=10000, min_effect=MIN_EFFECT)
+    return f"{c['diff']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}]", c["verdict"]
+
+
+def _by_variant(runs: list[dict]) -> dict[str, list[dict]]:
+    """The runs grouped by variant, in run order."""
+    by: dict[str, list[dict]] = {}
+    for r in runs:
+        by.setdefault(r["variant"], []).append(r)
+    return by
+
+
+def _seed_mean(rows: list[dict], key: str) -> list[float]:
+    """Per test item, ``key``'s value (reciprocal rank) averaged over the rows' seeds."""
+    return [statistics.mean(x) for x in zip(*(r[key] for r in rows))]
 
 
 DESCRIPTIONS = {
@@ -197,20 +210,16 @@ BASELINE = {"context-lattice": "context-mlp", "exact-lattice": "exact-mlp", "fro
 def summary(runs: list[dict]) -> list[dict]:
     """One record per variant: test MRR mean/sd over seeds, parameters, the paired bootstrap against
     the last turn, against its equal-size MLP and against the last-turn-only MLP (when run) — what
-    ``bench/bench_study.py`` puts in its headline table."""
+    ``bench/study.py`` puts in its headline table."""
     from cellnet_core import metrics as M
 
-    by: dict[str, list[dict]] = {}
-    for r in runs:
-        by.setdefault(r["variant"], []).append(r)
-
-    def avg(name: str) -> list[float]:
-        return [statistics.mean(x) for x in zip(*(r["rr"] for r in by[name]))]
+    by = _by_variant(runs)
 
     def boot(a: str, b: str) -> dict | None:
         if a not in by or b not in by:
             return None
-        return M.compare_paired(avg(a), avg(b), resamples=10000, min_effect=MIN_EFFECT)
+        return M.compare_paired(_seed_mean(by[a], "rr"), _seed_mean(by[b], "rr"), resamples=10000,
+                                min_effect=MIN_EFFECT)
 
     out = []
     for name, rows in by.items():
@@ -227,12 +236,10 @@ def summary(runs: list[dict]) -> list[dict]:
 
 
 def render(runs: list[dict], args, sizes: dict, elapsed: float, argv: list[str]) -> str:
-    by: dict[str, list[dict]] = {}
-    for r in runs:
-        by.setdefault(r["variant"], []).append(r)
+    by = _by_variant(runs)
 
     def avg_rr(name: str) -> list[float]:
-        return [statistics.mean(x) for x in zip(*(r["rr"] for r in by[name]))]
+        return _seed_mean(by[name], "rr")
 
     cores = os.cpu_count()
     lines = [

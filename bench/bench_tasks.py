@@ -106,14 +106,14 @@ def run_variant(reg, data, name: str, seed: int, train_cfg: dict, limit: int | N
     from cellnet_core.run import RunContext
     from cellnet_training.listwise import ListwiseStrategy, score_items, selection_items
 
+    if name == "bi-mlp":
+        return _bi_mlp(reg, data, seed, train_cfg, limit)
     reshaper, core, _, _ = VARIANTS[name]
     cfg = _config(reg, reshaper, core, train_cfg, limit, dialogue=name in DIALOGUE)
     cfg = cfg.model_copy(update={"seed": seed})
     torch.manual_seed(seed)
     pipe = Pipeline.build(cfg, reg)
     t0 = time.perf_counter()
-    if name == "bi-mlp":
-        return _bi_mlp(reg, data, pipe, cfg, seed, train_cfg, limit)
     with tempfile.TemporaryDirectory() as d:
         if name in DIALOGUE:
             data_run = reg.build("dataset", cfg.data, None)
@@ -129,7 +129,7 @@ def run_variant(reg, data, name: str, seed: int, train_cfg: dict, limit: int | N
             "seconds": seconds, "params": _params(pipe)}
 
 
-def _bi_mlp(reg, data, lattice_pipe, cfg, seed: int, train_cfg: dict, limit: int | None) -> dict:
+def _bi_mlp(reg, data, seed: int, train_cfg: dict, limit: int | None) -> dict:
     """The residual-MLP bi-encoder of bi-lattice's parameter count, trained like bi-lattice: the same
     training tensors (the paragraph's labelled wrong sentences as fixed negatives), loss, optimiser,
     schedule, epochs, validation MAP on each validation question's own candidates and early stopping
@@ -241,22 +241,33 @@ def _mean_sd(xs: list[float]) -> str:
 def compare(a: list[float], b: list[float]) -> str:
     from cellnet_core import metrics as M
 
-    bs = M.paired_bootstrap(a, b, resamples=5000)
-    return f"{bs['diff']:+.4f} [{bs['lo']:+.4f}, {bs['hi']:+.4f}] {M.bootstrap_verdict(bs)}"
+    c = M.compare_paired(a, b, resamples=5000)
+    return f"{c['diff']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}] {c['verdict']}"
+
+
+def _by_variant(runs: list[dict]) -> dict[str, list[dict]]:
+    """The runs grouped by variant, in :data:`VARIANTS` order."""
+    by: dict[str, list[dict]] = {n: [] for n in VARIANTS}
+    for r in runs:
+        by[r["variant"]].append(r)
+    return {n: rows for n, rows in by.items() if rows}
+
+
+def _seed_mean(rows: list[dict], key: str) -> list[float]:
+    """Per test question, ``key``'s value (AP) averaged over the rows' seeds: one paired sample each."""
+    return [statistics.mean(x) for x in zip(*(r[key] for r in rows))]
 
 
 def summary(runs: list[dict], ident: list[float], overlap: dict | None = None) -> list[dict]:
     """One record per variant (and the overlap row): test MAP mean/sd over seeds, the paired bootstrap
     against identity and against its equal-size baseline, the parameter split — what
-    ``bench/bench_study.py`` puts in its headline table."""
+    ``bench/study.py`` puts in its headline table."""
     from cellnet_core import metrics as M
 
-    by: dict[str, list[dict]] = {}
-    for r in runs:
-        by.setdefault(r["variant"], []).append(r)
+    by = _by_variant(runs)
 
     def avg(name: str) -> list[float]:
-        return [statistics.mean(x) for x in zip(*(r["aps"] for r in by[name]))]
+        return _seed_mean(by[name], "aps")
 
     def boot(a: list[float], b: list[float]) -> dict:
         return M.compare_paired(a, b, resamples=5000)
@@ -278,14 +289,10 @@ def summary(runs: list[dict], ident: list[float], overlap: dict | None = None) -
 
 def render(runs: list[dict], ident: list[float], args, n_test: int, split: dict, elapsed: float,
            overlap: dict | None = None) -> str:
-    by: dict[str, list[dict]] = {n: [] for n in VARIANTS}
-    for r in runs:
-        by[r["variant"]].append(r)
-    by = {n: rows for n, rows in by.items() if rows}
+    by = _by_variant(runs)
 
     def avg_aps(name: str) -> list[float]:
-        rows = by[name]
-        return [statistics.mean(x) for x in zip(*(r["aps"] for r in rows))]
+        return _seed_mean(by[name], "aps")
 
     cmd = "bench/bench_tasks.py " + " ".join(sys.argv[1:])
     lines = [

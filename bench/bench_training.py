@@ -213,7 +213,7 @@ def markdown(results: list[dict], quick: bool) -> str:
 def summary(results: list[dict]) -> list[dict]:
     """Per dataset, one record per model: test MRR mean/sd over seeds and, for the lattice, the
     paired bootstrap against identity, the equal-size MLP and the steps-0 ablation — what
-    ``bench/bench_study.py`` puts in its headline table."""
+    ``bench/study.py`` puts in its headline table."""
     from cellnet_core.metrics import compare_paired
 
     out = []
